@@ -1,0 +1,147 @@
+"""The application factory, and `python app.py` to serve it.
+
+create_app is the only assembly point: config (defaults, .env, environment, test overrides),
+the event log, the session registry, the Telnyx command runner, then the blueprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from mixer.mixer import DuckingConfig
+
+import errors
+from config import Config, ConfigError, load_config
+from eventlog import EventLog
+from streams import api, socket
+from streams.metrics import Metrics
+from streams.registry import SessionRegistry
+from streams.runtime import Runtime
+from streams.session import SessionSettings
+from webhooks import views as webhook_views
+from webhooks.commands import CallCommands
+from webhooks.signature import load_public_key
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    cfg = load_config(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.MAX_UPLOAD_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    if cfg.TELNYX_PUBLIC_KEY:
+        try:
+            app.extensions["telnyx_public_key"] = load_public_key(cfg.TELNYX_PUBLIC_KEY)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    elif cfg.WEBHOOK_VERIFY:
+        logger.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused (401); "
+                       "set it, or WEBHOOK_VERIFY=false for local experiments")
+
+    log = EventLog(cfg.DATABASE_PATH)
+    interrupted = log.mark_interrupted()
+    if interrupted:
+        logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
+                       len(interrupted))
+    metrics = Metrics()
+    settings = SessionSettings(
+        codec=cfg.STREAM_CODEC,
+        sample_rate=cfg.STREAM_SAMPLE_RATE,
+        l16_byte_order=cfg.L16_BYTE_ORDER,
+        frame_ms=cfg.OUTBOUND_CHUNK_MS,
+        lead_ms=cfg.OUTBOUND_LEAD_MS,
+        ducking=DuckingConfig(depth_db=cfg.DUCK_DEPTH_DB),
+        max_active_injections=cfg.MAX_ACTIVE_INJECTIONS,
+    )
+    commands = CallCommands(api_key=cfg.TELNYX_API_KEY, base_url=cfg.TELNYX_BASE_URL,
+                            timeout_s=cfg.TELNYX_TIMEOUT_S, max_retries=cfg.TELNYX_MAX_RETRIES,
+                            log=log, metrics=metrics)
+    rt = Runtime(config=cfg, log=log, metrics=metrics,
+                 registry=SessionRegistry(settings, log, metrics), commands=commands)
+    app.extensions["mixer_runtime"] = rt
+    app.extensions["webhook_dedupe"] = webhook_views.Deduper()
+
+    errors.register(app)
+    app.register_blueprint(api.bp)
+    socket.register(app, rt)
+    app.register_blueprint(webhook_views.bp)
+    log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
+               interrupted=len(interrupted))
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop every mixer, mark live calls interrupted, flush the event log. Idempotent."""
+    rt: Runtime = app.extensions["mixer_runtime"]
+    rt.registry.shutdown()
+    rt.log.record("server.stopped", None)
+    rt.log.flush()
+    rt.commands.close()  # type: ignore[attr-defined]
+    rt.log.close()
+
+
+def serve(cfg: Config) -> None:
+    """gunicorn, one process (sessions live in memory), a gthread worker.
+
+    Each media socket holds one server thread plus simple-websocket's reader thread for the
+    whole call, so SERVER_THREADS bounds the number of concurrent calls and requests.
+    gunicorn sets TCP_NODELAY; its sync worker could hold no socket at all.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{cfg.HOST}:{cfg.PORT}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": cfg.SERVER_THREADS,
+                "timeout": 0,  # a call's socket is a request that lasts minutes
+                "graceful_timeout": 10,
+                "keepalive": 5,
+                "accesslog": None,
+                "loglevel": cfg.LOG_LEVEL.lower(),
+                "post_worker_init": _install_sigterm_handler,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return create_app()
+
+    Server().run()
+
+
+def _install_sigterm_handler(worker: Any) -> None:
+    """On SIGTERM, end every call cleanly before gunicorn waits for the sockets to finish."""
+    app: Flask = worker.wsgi
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        threading.Thread(target=shutdown, args=(app,), name="shutdown").start()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def main() -> None:
+    try:
+        cfg = load_config()
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+    logging.basicConfig(level=cfg.LOG_LEVEL.upper(),
+                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Typed configuration, read once in create_app: defaults, then the environment, then overrides.
+
+Every key is listed in .env.example. A bad value stops start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+CODECS = ("PCMU", "PCMA", "L16")
+TARGET_LEGS = ("self", "opposite", "both")
+TRACKS = ("inbound_track", "outbound_track", "both_tracks")
+
+
+@dataclass(frozen=True)
+class Config:
+    TELNYX_API_KEY: str = ""
+    TELNYX_PUBLIC_KEY: str = ""
+    TELNYX_BASE_URL: str = ""
+    WEBHOOK_VERIFY: bool = True
+    WEBHOOK_TOLERANCE_S: int = 300
+    STREAM_WEBSOCKET_URL: str = ""
+    STREAM_CODEC: str = "PCMU"
+    STREAM_SAMPLE_RATE: int = 8000
+    STREAM_TARGET_LEGS: str = "self"
+    STREAM_TRACK: str = "inbound_track"
+    STREAM_AUTH_TOKEN: str = ""
+    L16_BYTE_ORDER: str = "big"
+    API_TOKEN: str = ""
+    HOST: str = "127.0.0.1"
+    PORT: int = 5000
+    SERVER_THREADS: int = 256
+    DATABASE_PATH: Path = Path("data/mixer.sqlite3")
+    MEDIA_DIR: Path = Path("media")
+    MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024
+    MAX_INJECTION_SECONDS: float = 600.0
+    MAX_ACTIVE_INJECTIONS: int = 16
+    AUDIO_URL_TIMEOUT_S: float = 10.0
+    AUDIO_URL_ALLOW_PRIVATE: bool = False
+    OUTBOUND_CHUNK_MS: int = 20
+    OUTBOUND_LEAD_MS: int = 60
+    DUCK_DEPTH_DB: float = -12.0
+    TELNYX_TIMEOUT_S: float = 5.0
+    TELNYX_MAX_RETRIES: int = 2
+    WS_IDLE_TIMEOUT_S: float = 30.0
+    LOG_LEVEL: str = "INFO"
+
+    def validate(self) -> Config:
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {why} (got {getattr(self, key)!r})")
+
+        need(self.STREAM_CODEC in CODECS, "STREAM_CODEC", f"must be one of {', '.join(CODECS)}")
+        need(self.STREAM_SAMPLE_RATE in (8000, 16000), "STREAM_SAMPLE_RATE", "must be 8000 or 16000")
+        need(
+            self.STREAM_CODEC == "L16" or self.STREAM_SAMPLE_RATE == 8000,
+            "STREAM_SAMPLE_RATE",
+            "G.711 (PCMU/PCMA) runs at 8000 Hz only",
+        )
+        need(self.STREAM_TARGET_LEGS in TARGET_LEGS, "STREAM_TARGET_LEGS",
+             f"must be one of {', '.join(TARGET_LEGS)}")
+        need(self.STREAM_TRACK in TRACKS, "STREAM_TRACK", f"must be one of {', '.join(TRACKS)}")
+        need(self.L16_BYTE_ORDER in ("big", "little"), "L16_BYTE_ORDER", "must be big or little")
+        need(
+            not self.STREAM_WEBSOCKET_URL or self.STREAM_WEBSOCKET_URL.startswith(("ws://", "wss://")),
+            "STREAM_WEBSOCKET_URL", "must start with wss:// (or ws:// for local testing)",
+        )
+        need(len(self.STREAM_AUTH_TOKEN) <= 4000, "STREAM_AUTH_TOKEN", "is limited to 4000 characters")
+        need(0 < self.PORT < 65536, "PORT", "must be a TCP port")
+        need(self.SERVER_THREADS >= 4, "SERVER_THREADS", "must be at least 4")
+        need(self.MAX_UPLOAD_BYTES > 0, "MAX_UPLOAD_BYTES", "must be positive")
+        need(self.MAX_INJECTION_SECONDS > 0, "MAX_INJECTION_SECONDS", "must be positive")
+        need(self.MAX_ACTIVE_INJECTIONS > 0, "MAX_ACTIVE_INJECTIONS", "must be positive")
+        need(self.AUDIO_URL_TIMEOUT_S > 0, "AUDIO_URL_TIMEOUT_S", "must be positive")
+        need(self.OUTBOUND_CHUNK_MS in (20, 40, 60, 80, 100), "OUTBOUND_CHUNK_MS",
+             "must be 20, 40, 60, 80 or 100 (Telnyx takes 20 ms to 30 s per chunk)")
+        need(0 <= self.OUTBOUND_LEAD_MS <= 1000, "OUTBOUND_LEAD_MS", "must be within 0..1000")
+        need(-60.0 <= self.DUCK_DEPTH_DB <= 0.0, "DUCK_DEPTH_DB", "must be within -60..0")
+        need(self.TELNYX_TIMEOUT_S > 0, "TELNYX_TIMEOUT_S", "must be positive")
+        need(0 <= self.TELNYX_MAX_RETRIES <= 10, "TELNYX_MAX_RETRIES", "must be within 0..10")
+        need(self.WS_IDLE_TIMEOUT_S > 0, "WS_IDLE_TIMEOUT_S", "must be positive")
+        need(self.WEBHOOK_TOLERANCE_S > 0, "WEBHOOK_TOLERANCE_S", "must be positive")
+        return self
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, kind: Any, raw: Any) -> Any:
+    if kind is bool or kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(f"{key}: must be true or false (got {raw!r})")
+    if kind is int or kind == "int":
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: must be an integer (got {raw!r})")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: must be an integer (got {raw!r})") from None
+    if kind is float or kind == "float":
+        try:
+            return float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: must be a number (got {raw!r})") from None
+    if kind is Path or kind == "Path":
+        return Path(str(raw))
+    return str(raw).strip()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; '#' comments; optional quotes. The real environment wins over the file."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+) -> Config:
+    """Defaults, then .env, then the environment, then `overrides` (tests)."""
+    source: dict[str, Any] = dict(read_dotenv(dotenv)) if dotenv else {}
+    source.update(os.environ if environ is None else environ)
+    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name in source and source[name] != "":
+            values[name] = _coerce(name, spec.type, source[name])
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown configuration key")
+        values[key] = _coerce(key, known[key].type, value)
+    return dataclasses.replace(Config(), **values).validate()

@@ -1,0 +1,255 @@
+"""REST routes: /health, /streams*, /stream-log, /metrics. Views stay thin: parse, act, render."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from errors import ApiError
+from streams import injections
+from streams.runtime import Runtime
+from streams.session import CallSession, Injection
+
+bp = Blueprint("streams", __name__)
+VERSION = "0.1.0"
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["mixer_runtime"]
+    return rt
+
+
+@bp.before_app_request
+def require_api_token() -> None:
+    """Bearer token for the REST API when API_TOKEN is set; webhooks and /health are exempt."""
+    token = runtime().config.API_TOKEN
+    if not token or request.path in ("/health", "/webhooks/voice", "/stream"):
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "Send the API token as 'Authorization: Bearer <token>'.")
+
+
+@bp.get("/health")
+def health() -> tuple[Response, int]:
+    rt = runtime()
+    ok = rt.log.healthy
+    body = {
+        "status": "ok" if ok else "degraded",
+        "uptime_seconds": round(time.monotonic() - rt.started, 3),
+        "active_sessions": len(rt.registry.sessions()),
+        "version": VERSION,
+    }
+    if not ok:
+        body["reason"] = f"event log cannot write: {rt.log.last_error or 'writer stopped'}"
+    return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/streams")
+def list_streams() -> Response:
+    status = request.args.get("status", "active")
+    if status not in ("active", "all"):
+        raise ApiError(422, "invalid_field", "status must be 'active' or 'all'.", "status")
+    rt = runtime()
+    live = {s.call_control_id: s.view() for s in rt.registry.sessions()}
+    if status == "active":
+        return jsonify({"items": [v for v in live.values() if v["status"] in rt.live_statuses]})
+    rt.log.flush()
+    items = [live.get(call["call_control_id"], call) for call in rt.log.calls()]
+    known = {item["call_control_id"] for item in items}
+    items += [v for k, v in live.items() if k not in known]
+    return jsonify({"items": items})
+
+
+@bp.get("/streams/<key>")
+def get_stream(key: str) -> Response:
+    session = runtime().registry.get(key)
+    if session is not None:
+        return jsonify(session.view())
+    return jsonify(_history(key))
+
+
+@bp.post("/streams/<key>/inject")
+def inject(key: str) -> tuple[Response, int]:
+    rt = runtime()
+    session = _live_session(key)
+    fields, files = _request_fields()
+    req = injections.parse_request(fields, files)
+    if session.active_injections() >= rt.config.MAX_ACTIVE_INJECTIONS:
+        raise ApiError(429, "too_many_injections",
+                       f"This call already has {rt.config.MAX_ACTIVE_INJECTIONS} active injections; "
+                       "stop one first.")
+    inj_id = "inj_" + secrets.token_hex(8)
+    samples = None
+    duration_ms: int | None = None
+    if req.mode == "mix":
+        samples = injections.load_samples(req, rt.limits(session.sample_rate))
+        duration_ms = None if req.loop else len(samples) * 1000 // session.sample_rate
+    inj = Injection(
+        id=inj_id, call_control_id=session.call_control_id, source=injections.describe(req),
+        gain_db=float(req.gain_db), loop=req.loop, fade_in_ms=req.fade_in_ms,
+        fade_out_ms=req.fade_out_ms, duck=req.duck, label=req.label, mode=req.mode,
+        duration_ms=duration_ms,
+    )
+    if not session.live:  # the call ended while the source was decoding
+        raise _not_active(session.call_control_id, session.status)
+    session.add_injection(inj, samples)
+    if req.mode == "playback":
+        rt.start_playback(session, inj, req.value)
+    return jsonify(session.injection_view(inj)), 201
+
+
+@bp.get("/streams/<key>/injections/<inj_id>")
+def get_injection(key: str, inj_id: str) -> Response:
+    session = runtime().registry.get(key)
+    if session is None:
+        for view in _history(key).get("injections", []):
+            if view["id"] == inj_id:
+                return jsonify(view)
+        raise _injection_not_found(inj_id)
+    return jsonify(session.injection_view(_injection(session, inj_id)))
+
+
+@bp.patch("/streams/<key>/injections/<inj_id>")
+def patch_injection(key: str, inj_id: str) -> Response:
+    session = _live_session(key)
+    inj = _injection(session, inj_id)
+    fields, _ = _request_fields(json_only=True)
+    unknown = [name for name in fields if name != "gain_db"]
+    if unknown:
+        raise ApiError(422, "unknown_field", f"Only gain_db can change on a playing injection, "
+                       f"not {unknown[0]!r}.", unknown[0])
+    if "gain_db" not in fields:
+        raise ApiError(422, "invalid_field", "Send the new gain_db.", "gain_db")
+    gain = injections._number("gain_db", fields["gain_db"], -60, 12)
+    if not inj.active:
+        raise ApiError(409, "injection_not_active", f"Injection {inj_id} is already {inj.status}.")
+    if inj.mode != "mix":
+        raise ApiError(409, "injection_not_mixed", "Telnyx plays this injection; its gain is fixed.")
+    session.set_gain(inj, float(gain))
+    return jsonify(session.injection_view(inj))
+
+
+@bp.delete("/streams/<key>/injections/<inj_id>")
+def delete_injection(key: str, inj_id: str) -> Response:
+    rt = runtime()
+    session = _live_session(key)
+    inj = _injection(session, inj_id)
+    was_active = inj.active
+    session.stop_injection(inj)
+    if was_active and inj.mode == "playback":
+        rt.stop_playback(session)
+    return jsonify(session.injection_view(inj))
+
+
+@bp.post("/streams/<key>/clear")
+def clear(key: str) -> Response:
+    session = _live_session(key)
+    return jsonify({"stopped": session.clear()})
+
+
+@bp.get("/stream-log")
+def stream_log() -> Response:
+    args = request.args
+    unknown = [name for name in args if name not in ("call_control_id", "event", "since", "limit",
+                                                     "cursor")]
+    if unknown:
+        raise ApiError(422, "unknown_field", f"Unknown query parameter {unknown[0]!r}.", unknown[0])
+    limit_text = args.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise ApiError(422, "out_of_range", "limit must be a whole number from 1 to 1000.", "limit")
+    cursor = args.get("cursor", "0")
+    if not cursor.isdigit():
+        raise ApiError(422, "invalid_field", "cursor must be a next_cursor value from a previous page.",
+                       "cursor")
+    since = args.get("since")
+    if since is not None and not _is_iso_time(since):
+        raise ApiError(422, "invalid_field", "since must be an ISO 8601 UTC time like "
+                       "2026-01-31T12:00:00Z.", "since")
+    log = runtime().log
+    log.flush()
+    items, next_id = log.events(
+        call_control_id=args.get("call_control_id"), event=args.get("event"),
+        since=_normalise_time(since) if since else None, after_id=int(cursor), limit=int(limit_text),
+    )
+    return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(runtime().metrics.render(), mimetype="text/plain; version=0.0.4")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _request_fields(json_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    if request.mimetype == "multipart/form-data" and not json_only:
+        return request.form.to_dict(), request.files.to_dict()
+    if request.mimetype not in ("application/json", "") and not request.mimetype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type",
+                       "Send application/json" + ("" if json_only else " or multipart/form-data") + ".")
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.")
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_field", "The body must be a JSON object.")
+    return body, {}
+
+
+def _history(key: str) -> dict[str, Any]:
+    log = runtime().log
+    log.flush()
+    view = log.call(key)
+    if view is None:
+        raise ApiError(404, "stream_not_found", f"No call or stream {key!r} is known.")
+    return view
+
+
+def _not_active(key: str, status: str) -> ApiError:
+    return ApiError(409, "stream_not_active", f"Call {key} is {status}; it takes no more injections.")
+
+
+def _live_session(key: str) -> CallSession:
+    session = runtime().registry.get(key)
+    if session is None:
+        view = _history(key)
+        raise _not_active(key, view.get("status", "ended"))
+    if not session.live:
+        raise _not_active(key, session.status)
+    return session
+
+
+def _injection(session: CallSession, inj_id: str) -> Injection:
+    inj = session.injections.get(inj_id)
+    if inj is None:
+        raise _injection_not_found(inj_id)
+    return inj
+
+
+def _injection_not_found(inj_id: str) -> ApiError:
+    return ApiError(404, "injection_not_found", f"No injection {inj_id!r} on this call.")
+
+
+def _is_iso_time(text: str) -> bool:
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _normalise_time(text: str) -> str:
+    from datetime import UTC, datetime
+
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

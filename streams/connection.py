@@ -1,0 +1,58 @@
+"""The one writer of a Telnyx media WebSocket.
+
+simple-websocket's send() takes no lock and calls socket.send(), which may write only part of a
+frame under load and corrupt the stream. Every outbound message goes through Connection.send:
+it frames with the socket's wsproto state under a lock and writes with sendall().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+class Connection:
+    def __init__(self, ws: Any, call_label: str = "-") -> None:
+        self._ws = ws
+        self.label = call_label
+        # Guards the wsproto framing state and the socket writes; held for one frame's write.
+        self._lock = threading.Lock()
+        self.open = True
+        sock = getattr(ws, "sock", None)
+        if sock is not None:
+            # Werkzeug does not set TCP_NODELAY; without it small frames wait for ACKs.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, text: str) -> bool:
+        """Send one text message; False once the socket is gone."""
+        with self._lock:
+            if not self.open or not self._ws.connected:
+                self.open = False
+                return False
+            try:
+                self._ws.sock.sendall(self._ws.ws.send(TextMessage(data=text)))
+            except (OSError, LocalProtocolError) as exc:  # the stream is unusable after this
+                logger.info("[%s] socket write failed: %s", self.label, exc)
+                self.open = False
+                return False
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        with self._lock:
+            if not self.open:
+                return
+            self.open = False
+            try:
+                self._ws.close(reason=code, message=reason)
+            except (OSError, ConnectionClosed, LocalProtocolError) as exc:  # closed by the peer
+                logger.debug("[%s] close: %s", self.label, exc)

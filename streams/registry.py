@@ -1,0 +1,79 @@
+"""The live calls of this process, by call_control_id and by Telnyx stream_id."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+from eventlog import EventLog
+from streams.metrics import Metrics
+from streams.session import CallSession, SessionSettings
+
+logger = logging.getLogger(__name__)
+RECENTLY_ENDED = 10_000
+
+
+class SessionRegistry:
+    def __init__(self, settings: SessionSettings, log: EventLog, metrics: Metrics) -> None:
+        self.settings = settings
+        self._log = log
+        self._metrics = metrics
+        # Guards both maps; never held while calling into a session.
+        self._lock = threading.Lock()
+        self._by_call: dict[str, CallSession] = {}
+        self._by_stream: dict[str, CallSession] = {}
+        # Calls that ended in this process, so a late webhook cannot revive them.
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        metrics.gauge("active_sessions", lambda: len(self._by_call))
+        metrics.gauge("active_injections", self._count_active_injections)
+
+    def get(self, key: str) -> CallSession | None:
+        """A live session by call_control_id or stream_id."""
+        with self._lock:
+            return self._by_call.get(key) or self._by_stream.get(key)
+
+    def open(self, call_control_id: str) -> tuple[CallSession, bool]:
+        """The session of a call, created on first sight; returns (session, created)."""
+        with self._lock:
+            session = self._by_call.get(call_control_id)
+            if session is not None:
+                return session, False
+            session = CallSession(call_control_id, self.settings, self._log, self._metrics)
+            self._by_call[call_control_id] = session
+        self._log.record("stream.opened", call_control_id)
+        return session, True
+
+    def ended(self, call_control_id: str) -> bool:
+        """Whether the call ended in this process or, before a restart, in the history."""
+        with self._lock:
+            if call_control_id in self._ended:
+                return True
+        return self._log.call(call_control_id) is not None
+
+    def index_stream(self, session: CallSession, stream_id: str) -> None:
+        with self._lock:
+            self._by_stream[stream_id] = session
+
+    def close(self, session: CallSession, status: str, reason: str) -> None:
+        """End a session and forget it; its history stays in the event log."""
+        session.end(status, reason)
+        with self._lock:
+            self._ended[session.call_control_id] = None
+            while len(self._ended) > RECENTLY_ENDED:
+                self._ended.popitem(last=False)
+            self._by_call.pop(session.call_control_id, None)
+            if session.stream_id:
+                self._by_stream.pop(session.stream_id, None)
+
+    def sessions(self) -> list[CallSession]:
+        with self._lock:
+            return list(self._by_call.values())
+
+    def shutdown(self) -> None:
+        """SIGTERM: every live call is marked interrupted and its pacer stopped."""
+        for session in self.sessions():
+            self.close(session, "interrupted", "server_shutdown")
+
+    def _count_active_injections(self) -> float:
+        return float(sum(s.active_injections() for s in self.sessions()))

@@ -1,0 +1,431 @@
+"""One call: its status, its mixer and injections, its media socket and its pacer thread.
+
+Threads that touch a session: request threads (webhooks, REST), the socket's handler thread
+(inbound frames) and the call's pacer thread (outbound frames). `_lock` guards the session's
+mutable fields; the Mixer has its own lock; the Connection serialises socket writes. The pacer
+never touches the database or Flask: it only puts events on the event log's queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mixer.codecs import Codec, get_codec
+from mixer.geometry import FrameGeometry
+from mixer.mixer import DuckingConfig, Mixer
+from mixer.pacer import PacerStats, run_pacer
+
+from eventlog import EventLog, utc_now
+from streams import protocol
+from streams.connection import Connection
+from streams.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+LIVE = ("answering", "answered", "streaming", "disconnected")
+TERMINAL_INJECTION = ("finished", "stopped", "failed")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    codec: str
+    sample_rate: int
+    l16_byte_order: str
+    frame_ms: int
+    lead_ms: int
+    ducking: DuckingConfig
+    max_active_injections: int
+
+
+@dataclass
+class Injection:
+    """An operator's sound on a call. Mutated only under its session's lock."""
+
+    id: str
+    call_control_id: str
+    source: dict[str, Any]
+    gain_db: float
+    loop: bool
+    fade_in_ms: int
+    fade_out_ms: int
+    duck: bool
+    label: str | None
+    mode: str
+    duration_ms: int | None
+    created_at: str = field(default_factory=utc_now)
+    status: str = "created"
+    started_at: str | None = None
+    ended_at: str | None = None
+    error: str | None = None
+    played_ms: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status not in TERMINAL_INJECTION
+
+
+class CallSession:
+    def __init__(self, call_control_id: str, settings: SessionSettings, log: EventLog,
+                 metrics: Metrics) -> None:
+        self.call_control_id = call_control_id
+        self.settings = settings
+        self._log = log
+        self._metrics = metrics
+        # Guards every mutable field below (status, injections, marks, connection, codec).
+        self._lock = threading.Lock()
+        self.status = "answering"
+        self.stream_id: str | None = None
+        self.info: dict[str, Any] = {"from": None, "to": None, "direction": None}
+        self.created_at = utc_now()
+        self.started_at: str | None = None
+        self.ended_at: str | None = None
+        self.end_reason: str | None = None
+        self.injections: dict[str, Injection] = {}
+        self._pending_marks: set[str] = set()
+        self._not_started: list[Injection] = []  # mixed injections whose first frame is still due
+        self._conn: Connection | None = None
+        self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
+        self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.mixer = self._new_mixer()
+        self.pacer_stats = PacerStats()
+        self._pacer: threading.Thread | None = None
+        self.frames_received = 0
+        # Guards the _reported_* counters: the pacer, the socket thread and end() all flush.
+        self._metrics_lock = threading.Lock()
+        self._reported_sent = 0
+        self._reported_late = 0
+        self._reported_skipped = 0
+        self._reported_lateness = 0
+
+    def _new_mixer(self) -> Mixer:
+        return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._wake.set)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.geometry.sample_rate
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    # -- call lifecycle (webhook threads) -----------------------------------------------------
+
+    def set_status(self, status: str) -> None:
+        with self._lock:
+            if not self.live:
+                return
+            self.status = status
+        self.save()
+
+    def end(self, status: str, reason: str) -> None:
+        """Hang-up, stream failure, shutdown: stop the pacer and every injection; keep history."""
+        with self._lock:
+            if not self.live:
+                return
+            self.status = status
+            self.end_reason = reason
+            self.ended_at = utc_now()
+            conn, self._conn = self._conn, None
+            for inj in self.injections.values():
+                if inj.active:
+                    self._finish(inj, "stopped", error=None)
+            self._pending_marks.clear()
+        self.mixer.stop_all()
+        self._stop.set()
+        self._wake.set()
+        pacer = self._pacer
+        if pacer is not None and pacer is not threading.current_thread():
+            pacer.join(timeout=2)
+        if conn is not None and status != "ended":
+            conn.close(1000, reason)
+        self._flush_pacer_metrics()
+        self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
+        self.save()
+
+    # -- media socket (the socket's handler thread) -------------------------------------------
+
+    def attach(self, start: protocol.Start, conn: Connection) -> None:
+        """A `start` frame: (re)bind the socket, take codec and rate from media_format."""
+        fmt = start.media_format
+        codec = get_codec(fmt.encoding, fmt.sample_rate, self.settings.l16_byte_order)
+        with self._lock:
+            old = self._conn
+            self._conn = conn
+            self.stream_id = start.stream_id
+            if self.status in ("answering", "answered", "disconnected", "streaming"):
+                self.status = "streaming"
+            self.started_at = self.started_at or utc_now()
+            self.info["from"] = self.info.get("from") or start.from_number
+            self.info["to"] = self.info.get("to") or start.to_number
+            if fmt.sample_rate != self.geometry.sample_rate:
+                # Sources were decoded at the configured rate; Telnyx chose another one.
+                self.geometry = FrameGeometry(fmt.sample_rate, self.settings.frame_ms)
+                for inj in self.injections.values():
+                    if inj.active and inj.mode == "mix":
+                        self._finish(inj, "failed", error="stream sample rate changed")
+                self.mixer.stop_all()
+                self.mixer = self._new_mixer()
+            self._codec = codec
+            reconnect = old is not None or self._pacer is not None
+            if self._pacer is None:
+                self._pacer = threading.Thread(
+                    target=self._run_pacer, name=f"pacer-{self.call_control_id}", daemon=True
+                )
+                self._pacer.start()
+        if old is not None and old is not conn:
+            old.close(1000, "replaced by a new connection")
+        self._wake.set()
+        self._log.record("stream.reconnected" if reconnect else "stream.started",
+                         self.call_control_id, stream_id=start.stream_id,
+                         encoding=fmt.encoding, sample_rate=fmt.sample_rate)
+        self.save()
+
+    def detach(self, conn: Connection, *, stopped: bool) -> None:
+        """The socket closed: after `stop` the stream is over; without it, wait for a reconnect."""
+        with self._lock:
+            if self._conn is not conn:
+                return
+            self._conn = None
+            lost = list(self._pending_marks)
+            self._pending_marks.clear()
+            for key in lost:
+                # The audio was all sent; the socket went away before Telnyx confirmed it.
+                inj = self.injections.get(key)
+                if inj is not None and inj.active:
+                    self._finish(inj, "finished", error=None)
+            if self.live:
+                self.status = "disconnected"
+        self._log.record("stream.stop_received" if stopped else "stream.disconnected",
+                         self.call_control_id, stream_id=self.stream_id)
+        self._flush_pacer_metrics()
+        self.save()
+
+    def on_caller_audio(self, media: protocol.Media) -> None:
+        self.frames_received += 1
+        if media.track == "inbound":
+            self.mixer.feed_caller(self._codec.decode(media.payload))
+
+    def on_mark(self, name: str) -> None:
+        """Telnyx played everything before this mark (or a clear returned it)."""
+        with self._lock:
+            if name not in self._pending_marks:
+                return
+            self._pending_marks.discard(name)
+            inj = self.injections.get(name)
+            if inj is None or not inj.active:
+                return
+            self._finish(inj, "finished", error=None)
+        self.save()
+
+    # -- injections (request threads) ---------------------------------------------------------
+
+    def active_injections(self) -> int:
+        with self._lock:
+            return sum(1 for inj in self.injections.values() if inj.active)
+
+    def add_injection(self, inj: Injection, samples: np.ndarray | None) -> None:
+        """Register and start `inj`; `samples` (float32 at the stream rate) unless delegated."""
+        with self._lock:
+            self.injections[inj.id] = inj
+            if samples is not None:
+                self._not_started.append(inj)
+        self._log.record("injection.created", self.call_control_id, injection_id=inj.id,
+                         source=inj.source, mode=inj.mode, label=inj.label)
+        if samples is not None:
+            self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop,
+                           fade_in_ms=inj.fade_in_ms, fade_out_ms=inj.fade_out_ms, duck=inj.duck)
+        self.save()
+
+    def set_gain(self, inj: Injection, gain_db: float) -> None:
+        with self._lock:
+            inj.gain_db = gain_db
+        if inj.mode == "mix":
+            self.mixer.set_gain(inj.id, gain_db)
+        self._log.record("injection.gain_changed", self.call_control_id, injection_id=inj.id,
+                         gain_db=gain_db)
+
+    def stop_injection(self, inj: Injection) -> None:
+        with self._lock:
+            if not inj.active:
+                return
+            inj.played_ms = self._played_ms(inj)
+            self._finish(inj, "stopped", error=None)
+        if inj.mode == "mix":
+            self.mixer.stop(inj.id)
+        self.save()
+
+    def clear(self) -> int:
+        """Stop every injection and flush what Telnyx has queued; returned marks mean stopped."""
+        with self._lock:
+            stopped = [inj for inj in self.injections.values() if inj.active]
+            for inj in stopped:
+                inj.played_ms = self._played_ms(inj)
+                self._finish(inj, "stopped", error=None)
+            self._pending_marks.clear()
+            conn = self._conn
+        self.mixer.stop_all()
+        if conn is not None:
+            conn.send(protocol.clear_frame())
+        self._log.record("stream.cleared", self.call_control_id, stopped=len(stopped))
+        self.save()
+        return len(stopped)
+
+    def playback_result(self, inj: Injection, ok: bool, error: str | None) -> None:
+        """Outcome of a delegated Telnyx playback_start (mode "playback")."""
+        with self._lock:
+            if not inj.active:
+                return
+            if ok:
+                inj.status = "playing"
+                inj.started_at = utc_now()
+            else:
+                self._finish(inj, "failed", error=error)
+        if ok:
+            self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
+        self.save()
+
+    def playback_ended(self, inj: Injection, status: str) -> None:
+        with self._lock:
+            if inj.active:
+                self._finish(inj, status, error=None)
+        self.save()
+
+    def _finish(self, inj: Injection, status: str, *, error: str | None) -> None:
+        """Move `inj` to a final status. Caller holds _lock."""
+        if status == "finished" and inj.duration_ms is not None:
+            inj.played_ms = inj.duration_ms
+        inj.status = status
+        inj.error = error
+        inj.ended_at = utc_now()
+        self._metrics.inc("injections_total", status=status)
+        self._log.record(f"injection.{status}", self.call_control_id, injection_id=inj.id,
+                         played_ms=inj.played_ms, error=error)
+
+    def _played_ms(self, inj: Injection) -> int:
+        if inj.mode != "mix":
+            return inj.played_ms
+        return int(self.mixer.played_samples(inj.id) * 1000 // self.geometry.sample_rate)
+
+    # -- the pacer thread -----------------------------------------------------------------------
+
+    def _run_pacer(self) -> None:
+        try:
+            run_pacer(
+                self._produce,
+                frame_seconds=self.settings.frame_ms / 1000,
+                lead_seconds=self.settings.lead_ms / 1000,
+                stop=self._stop,
+                wake=self._wake,
+                stats=self.pacer_stats,
+            )
+        except Exception:
+            logger.exception("[%s] pacer crashed", self.call_control_id)
+            self._log.record("stream.pacer_failed", self.call_control_id)
+
+    def _produce(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        frame = self.mixer.mix()
+        if frame is None:
+            self._flush_pacer_metrics()
+            return False
+        if not conn.send(protocol.media_frame(self._codec.encode(frame.pcm))):
+            return False
+        if self.pacer_stats.sent % 50 == 0:
+            self._flush_pacer_metrics()
+        if self._not_started or frame.finished:
+            self._after_frame(conn, frame.finished)
+        return True
+
+    def _after_frame(self, conn: Connection, finished: tuple[str, ...]) -> None:
+        marks = []
+        with self._lock:
+            for inj in self._not_started:
+                if inj.status == "created":
+                    inj.status = "playing"
+                    inj.started_at = utc_now()
+                    self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
+            self._not_started.clear()
+            for key in finished:
+                inj = self.injections.get(key)
+                if inj is not None and inj.active:
+                    inj.played_ms = self._played_ms(inj)
+                    self._pending_marks.add(key)
+                    marks.append(key)
+        for key in marks:
+            # Named after the injection: Telnyx echoes it once the last frame has played.
+            conn.send(protocol.mark_frame(key))
+
+    def _flush_pacer_metrics(self) -> None:
+        """Move the pacer's counters into the process metrics (deltas since last time)."""
+        with self._metrics_lock:
+            self._flush_pacer_metrics_locked()
+
+    def _flush_pacer_metrics_locked(self) -> None:
+        stats = self.pacer_stats
+        sent, late, skipped = stats.sent, stats.late, stats.skipped
+        self._metrics.inc("frames_sent_total", sent - self._reported_sent)
+        self._metrics.inc("frames_late_total", late - self._reported_late)
+        self._metrics.inc("frames_skipped_total", skipped - self._reported_skipped)
+        lateness = stats.lateness
+        self._metrics.observe_lateness(lateness[self._reported_lateness:])
+        self._reported_sent, self._reported_late, self._reported_skipped = sent, late, skipped
+        self._reported_lateness = len(lateness)
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def injection_view(self, inj: Injection) -> dict[str, Any]:
+        played = self._played_ms(inj) if inj.active else inj.played_ms
+        return {
+            "id": inj.id,
+            "call_control_id": inj.call_control_id,
+            "stream_id": self.stream_id,
+            "status": inj.status,
+            "created_at": inj.created_at,
+            "started_at": inj.started_at,
+            "ended_at": inj.ended_at,
+            "source": inj.source,
+            "duration_ms": inj.duration_ms,
+            "gain_db": inj.gain_db,
+            "loop": inj.loop,
+            "fade_in_ms": inj.fade_in_ms,
+            "fade_out_ms": inj.fade_out_ms,
+            "duck": inj.duck,
+            "label": inj.label,
+            "mode": inj.mode,
+            "played_ms": played,
+            "error": inj.error,
+        }
+
+    def view(self) -> dict[str, Any]:
+        stats = self.pacer_stats
+        with self._lock:
+            injections = list(self.injections.values())
+        return {
+            "call_control_id": self.call_control_id,
+            "stream_id": self.stream_id,
+            "status": self.status,
+            "from": self.info.get("from"),
+            "to": self.info.get("to"),
+            "direction": self.info.get("direction"),
+            "codec": self._codec.name,
+            "sample_rate": self.geometry.sample_rate,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+            "caller_speaking": self.mixer.caller_speaking if self.live else False,
+            "frames": {"sent": stats.sent, "late": stats.late, "skipped": stats.skipped,
+                       "received": self.frames_received},
+            "injections": [self.injection_view(inj) for inj in injections],
+        }
+
+    def save(self) -> None:
+        self._log.save_call(self.call_control_id, self.status, self.view(), stream_id=self.stream_id)

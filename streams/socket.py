@@ -1,0 +1,166 @@
+"""The /stream WebSocket that Telnyx connects to after streaming_start.
+
+One handler thread per socket reads Telnyx's frames; the call's pacer thread writes ours through
+the same Connection. Malformed frames are counted and logged, never fatal. Cleanup is in
+`finally`, because flask-sock swallows ConnectionClosed outside the handler.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from flask import Flask, request
+from flask_sock import Sock
+from mixer.errors import UnsupportedCodec
+from simple_websocket import ConnectionClosed
+
+from eventlog import EventLog
+from streams import protocol
+from streams.connection import Connection
+from streams.metrics import Metrics
+from streams.registry import SessionRegistry
+from streams.runtime import Runtime
+from streams.session import CallSession
+
+logger = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+UNSUPPORTED_DATA = 1003
+# Malformed frames are logged individually up to this many per socket, then only counted.
+LOGGED_ERRORS_PER_SOCKET = 20
+
+
+def handle_stream(ws: Any, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
+                  auth_token: str, idle_timeout_s: float) -> None:
+    header_token = request.headers.get(protocol.AUTH_TOKEN_HEADER)
+    StreamHandler(ws, registry, log, metrics, auth_token=auth_token,
+                  header_token=header_token, idle_timeout_s=idle_timeout_s).run()
+
+
+class StreamHandler:
+    def __init__(self, ws: Any, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
+                 auth_token: str, header_token: str | None, idle_timeout_s: float) -> None:
+        self.ws = ws
+        self.conn = Connection(ws)
+        self.registry = registry
+        self.log = log
+        self.metrics = metrics
+        self.auth_token = auth_token
+        self.authenticated = not auth_token or self._token_ok(header_token)
+        self.idle_timeout_s = idle_timeout_s
+        self.session: CallSession | None = None
+        self.errors = 0
+
+    def _token_ok(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token.encode(), self.auth_token.encode())
+
+    def run(self) -> None:
+        stopped = False
+        try:
+            while True:
+                message = self.ws.receive(timeout=self.idle_timeout_s)
+                if message is None:
+                    # Telnyx sends media every 20 ms; this long a silence means a dead peer.
+                    self._problem("idle_timeout", f"no frame for {self.idle_timeout_s:g} s")
+                    break
+                try:
+                    frame = protocol.parse_frame(message)
+                except protocol.ProtocolError as exc:
+                    self._problem("malformed_frame", str(exc))
+                    continue
+                if not self.authenticated:
+                    if isinstance(frame, protocol.Connected) and self._token_ok(frame.auth_token):
+                        self.authenticated = True
+                        continue
+                    self._reject_auth()
+                    return
+                if self._dispatch(frame):
+                    stopped = True
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.session is not None:
+                self.session.detach(self.conn, stopped=stopped)
+
+    def _dispatch(self, frame: protocol.Frame) -> bool:
+        """Handle one frame; True when the stream is over (stop)."""
+        session = self.session
+        if isinstance(frame, protocol.Media):
+            self.metrics.inc("frames_received_total")
+            if session is not None:
+                session.on_caller_audio(frame)
+            return False
+        if isinstance(frame, protocol.Start):
+            self._start(frame)
+            return False
+        if isinstance(frame, protocol.Mark):
+            if session is not None:
+                session.on_mark(frame.name)
+            return False
+        if isinstance(frame, protocol.Dtmf):
+            self.log.record("dtmf.received", session.call_control_id if session else None,
+                            digit=frame.digit, occurred_at=frame.occurred_at)
+            return False
+        if isinstance(frame, protocol.Error):
+            self.metrics.inc("websocket_errors_total", reason="telnyx_error")
+            self.log.record("stream.telnyx_error", session.call_control_id if session else None,
+                            code=frame.code, title=frame.title, detail=frame.detail)
+            return False
+        return isinstance(frame, protocol.Stop)  # else `connected`: nothing to do
+
+    def _start(self, start: protocol.Start) -> None:
+        if self.session is not None and self.session.call_control_id != start.call_control_id:
+            self._problem("unexpected_start", "a second call on one socket")
+            return
+        session, created = self.registry.open(start.call_control_id)
+        if created:
+            # Streams we never saw a webhook for (e.g. started from another app) still mix.
+            session.set_status("answered")
+        if not session.live:
+            self._problem("stream_not_active", f"call is {session.status}")
+            self.conn.close(POLICY_VIOLATION, "call is not active")
+            return
+        self.conn.label = start.call_control_id
+        try:
+            session.attach(start, self.conn)
+        except UnsupportedCodec as exc:
+            self._problem("unsupported_codec", str(exc))
+            self.conn.close(UNSUPPORTED_DATA, "unsupported media format")
+            return
+        self.session = session
+        self.registry.index_stream(session, start.stream_id)
+
+    def _reject_auth(self) -> None:
+        self.metrics.inc("websocket_errors_total", reason="auth")
+        self.log.record("stream.auth_failed", None, remote=request.remote_addr)
+        logger.warning("media socket from %s refused: wrong or missing stream auth token",
+                       request.remote_addr)
+        self.conn.close(POLICY_VIOLATION, "invalid stream auth token")
+
+    def _problem(self, reason: str, detail: str) -> None:
+        self.errors += 1
+        self.metrics.inc("websocket_errors_total", reason=reason)
+        if self.errors <= LOGGED_ERRORS_PER_SOCKET:
+            ccid = self.session.call_control_id if self.session else None
+            logger.warning("[%s] media socket: %s: %s", ccid or "-", reason, detail)
+            self.log.record("stream.frame_error", ccid, reason=reason, detail=detail[:300],
+                            at_monotonic=round(time.monotonic(), 3))
+
+
+# Telnyx's own frames are small; a 30 s RTP chunk from us is ~1.3 MB, but we never receive those.
+MAX_INBOUND_MESSAGE_BYTES = 1 << 20
+
+
+def register(app: Flask, rt: Runtime) -> None:
+    """Mount /stream on `app`; each socket gets the runtime's objects, not Flask globals."""
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_INBOUND_MESSAGE_BYTES}
+    sock = Sock(app)
+
+    @sock.route("/stream")
+    def stream(ws: Any) -> None:
+        handle_stream(ws, rt.registry, rt.log, rt.metrics, auth_token=rt.config.STREAM_AUTH_TOKEN,
+                      idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S)

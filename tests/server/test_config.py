@@ -1,0 +1,50 @@
+"""Typed configuration: defaults, environment, overrides; bad values name their key."""
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_config
+
+
+def test_defaults():
+    cfg = load_config(environ={}, dotenv=None)
+    assert (cfg.STREAM_CODEC, cfg.STREAM_SAMPLE_RATE, cfg.STREAM_TARGET_LEGS) == ("PCMU", 8000, "self")
+    assert cfg.MAX_UPLOAD_BYTES == 20 * 1024 * 1024 and cfg.MAX_ACTIVE_INJECTIONS == 16
+    assert (cfg.OUTBOUND_CHUNK_MS, cfg.OUTBOUND_LEAD_MS) == (20, 60)
+    assert cfg.WEBHOOK_VERIFY is True
+
+
+def test_environment_then_overrides_win(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# comment\nPORT=7000\nSTREAM_CODEC='PCMA'\nHOST=0.0.0.0\n")
+    cfg = load_config({"HOST": "127.0.0.2"}, environ={"PORT": "8000"}, dotenv=dotenv)
+    assert (cfg.PORT, cfg.STREAM_CODEC, cfg.HOST) == (8000, "PCMA", "127.0.0.2")
+    assert isinstance(load_config({"DATABASE_PATH": "x/y.db"}, environ={}).DATABASE_PATH, Path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": 0}, "PORT"),
+        ({"STREAM_CODEC": "G729"}, "STREAM_CODEC"),
+        ({"STREAM_CODEC": "PCMU", "STREAM_SAMPLE_RATE": 16000}, "STREAM_SAMPLE_RATE"),
+        ({"STREAM_TARGET_LEGS": "everyone"}, "STREAM_TARGET_LEGS"),
+        ({"WEBHOOK_VERIFY": "maybe"}, "WEBHOOK_VERIFY"),
+        ({"STREAM_WEBSOCKET_URL": "https://example.com/stream"}, "STREAM_WEBSOCKET_URL"),
+        ({"OUTBOUND_CHUNK_MS": 10}, "OUTBOUND_CHUNK_MS"),
+        ({"MAX_INJECTION_SECONDS": "-1"}, "MAX_INJECTION_SECONDS"),
+        ({"NOT_A_KEY": 1}, "NOT_A_KEY"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        load_config(overrides, environ={}, dotenv=None)
+
+
+def test_malformed_dotenv_names_the_line(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("PORT=1\nthis line is wrong\n")
+    with pytest.raises(ConfigError, match=r"\.env:2"):
+        load_config(environ={}, dotenv=dotenv)

@@ -1,0 +1,1 @@
+"""Telnyx Call Control: the /webhooks/voice blueprint (views.py), the call flow, commands."""

@@ -1,0 +1,104 @@
+"""POST /webhooks/voice: verify, parse, dedupe on data.id, then hand to the call flow.
+
+All slow work (Telnyx commands) runs off the request thread, so Telnyx gets its 200 well
+within its 2 s retry deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from nacl.signing import VerifyKey
+
+from errors import ApiError
+from streams.runtime import Runtime
+from webhooks import signature
+from webhooks.events import parse_event
+from webhooks.flow import CallFlow
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+DEDUPE_WINDOW_S = 3600
+DEDUPE_MAX = 100_000
+
+
+class Deduper:
+    """Webhook ids seen in the last hour (Telnyx retries within minutes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _seen
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first_time(self, event_id: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            while self._seen and (len(self._seen) > DEDUPE_MAX
+                                  or next(iter(self._seen.values())) < now - DEDUPE_WINDOW_S):
+                self._seen.popitem(last=False)
+            if event_id in self._seen:
+                return False
+            self._seen[event_id] = now
+            return True
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["mixer_runtime"]
+    return rt
+
+
+@bp.post("/webhooks/voice")
+def voice_webhook() -> tuple[Response, int]:
+    rt = runtime()
+    body = request.get_data(cache=False)
+    if rt.config.WEBHOOK_VERIFY:
+        key: VerifyKey | None = current_app.extensions.get("telnyx_public_key")
+        try:
+            if key is None:
+                raise signature.SignatureError("TELNYX_PUBLIC_KEY is not configured")
+            signature.verify(key, body, request.headers.get(signature.SIGNATURE_HEADER),
+                             request.headers.get(signature.TIMESTAMP_HEADER),
+                             tolerance_s=rt.config.WEBHOOK_TOLERANCE_S)
+        except signature.SignatureError as exc:
+            rt.metrics.inc("webhooks_total", outcome="bad_signature")
+            rt.log.record("webhook.rejected", None, reason=str(exc), remote=request.remote_addr)
+            logger.warning("webhook from %s rejected: %s", request.remote_addr, exc)
+            raise ApiError(401, "invalid_signature", "The webhook signature is missing, stale "
+                           "or does not match.") from None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        rt.metrics.inc("webhooks_total", outcome="invalid_json")
+        rt.log.record("webhook.rejected", None, reason="invalid JSON")
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+    try:
+        event = parse_event(document)
+    except ValueError as exc:
+        rt.metrics.inc("webhooks_total", outcome="invalid")
+        rt.log.record("webhook.rejected", None, reason=str(exc))
+        raise ApiError(422, "invalid_webhook", str(exc)) from None
+    dedupe: Deduper = current_app.extensions["webhook_dedupe"]
+    if not dedupe.first_time(event.id):
+        rt.metrics.inc("webhooks_total", outcome="duplicate")
+        rt.log.record("webhook.duplicate", event.call_control_id, event_type=event.event_type,
+                      webhook_id=event.id, attempt=event.attempt)
+        return jsonify({"status": "duplicate"}), 200
+    rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
+                  webhook_id=event.id, attempt=event.attempt, occurred_at=event.occurred_at)
+    handled = CallFlow(rt, stream_url(rt)).handle(event)
+    rt.metrics.inc("webhooks_total", outcome="handled" if handled else "ignored")
+    return jsonify({"status": "ok" if handled else "ignored"}), 200
+
+
+def stream_url(rt: Runtime) -> str:
+    """STREAM_WEBSOCKET_URL, or this server's /stream as Telnyx reached it (behind a proxy too)."""
+    if rt.config.STREAM_WEBSOCKET_URL:
+        return rt.config.STREAM_WEBSOCKET_URL
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{'wss' if proto == 'https' else 'ws'}://{host}/stream"
