@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from typing import Any
 
 from flask import Flask, request
@@ -35,56 +34,66 @@ LOGGED_ERRORS_PER_SOCKET = 20
 
 def handle_stream(ws: Any, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
                   auth_token: str, idle_timeout_s: float) -> None:
-    header_token = request.headers.get(protocol.AUTH_TOKEN_HEADER)
-    StreamHandler(ws, registry, log, metrics, auth_token=auth_token,
-                  header_token=header_token, idle_timeout_s=idle_timeout_s).run()
+    """flask-sock transport: pull frames from `ws` and feed them to a StreamHandler."""
+    handler = StreamHandler(Connection(ws), registry, log, metrics, auth_token=auth_token,
+                            header_token=request.headers.get(protocol.AUTH_TOKEN_HEADER),
+                            remote=request.remote_addr)
+    try:
+        while True:
+            message = ws.receive(timeout=idle_timeout_s)
+            if message is None:
+                # Telnyx sends media every 20 ms; this long a silence means a dead peer.
+                handler.problem("idle_timeout", f"no frame for {idle_timeout_s:g} s")
+                break
+            if handler.on_message(message):
+                break
+    except ConnectionClosed:
+        pass
+    finally:
+        handler.on_close()
 
 
 class StreamHandler:
-    def __init__(self, ws: Any, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
-                 auth_token: str, header_token: str | None, idle_timeout_s: float) -> None:
-        self.ws = ws
-        self.conn = Connection(ws)
+    """One Telnyx media socket, whatever carries it: frames in through on_message, ours out via conn."""
+
+    def __init__(self, conn: Connection, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
+                 auth_token: str, header_token: str | None, remote: str | None) -> None:
+        self.conn = conn
         self.registry = registry
         self.log = log
         self.metrics = metrics
         self.auth_token = auth_token
+        self.remote = remote
         self.authenticated = not auth_token or self._token_ok(header_token)
-        self.idle_timeout_s = idle_timeout_s
         self.session: CallSession | None = None
+        self.stopped = False
         self.errors = 0
 
     def _token_ok(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self.auth_token.encode())
 
-    def run(self) -> None:
-        stopped = False
+    def on_message(self, message: str | bytes) -> bool:
+        """Handle one message; True when the socket should close (stop, or refused)."""
         try:
-            while True:
-                message = self.ws.receive(timeout=self.idle_timeout_s)
-                if message is None:
-                    # Telnyx sends media every 20 ms; this long a silence means a dead peer.
-                    self._problem("idle_timeout", f"no frame for {self.idle_timeout_s:g} s")
-                    break
-                try:
-                    frame = protocol.parse_frame(message)
-                except protocol.ProtocolError as exc:
-                    self._problem("malformed_frame", str(exc))
-                    continue
-                if not self.authenticated:
-                    if isinstance(frame, protocol.Connected) and self._token_ok(frame.auth_token):
-                        self.authenticated = True
-                        continue
-                    self._reject_auth()
-                    return
-                if self._dispatch(frame):
-                    stopped = True
-                    break
-        except ConnectionClosed:
-            pass
-        finally:
-            if self.session is not None:
-                self.session.detach(self.conn, stopped=stopped)
+            frame = protocol.parse_frame(message)
+        except protocol.ProtocolError as exc:
+            self.problem("malformed_frame", str(exc))
+            return False
+        if not self.authenticated:
+            if isinstance(frame, protocol.Connected) and self._token_ok(frame.auth_token):
+                self.authenticated = True
+                return False
+            self._reject_auth()
+            return True
+        if self._dispatch(frame):
+            self.stopped = True
+            return True
+        return False
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.session.detach(self.conn, stopped=self.stopped)
+            self.session = None
 
     def _dispatch(self, frame: protocol.Frame) -> bool:
         """Handle one frame; True when the stream is over (stop)."""
@@ -114,21 +123,21 @@ class StreamHandler:
 
     def _start(self, start: protocol.Start) -> None:
         if self.session is not None and self.session.call_control_id != start.call_control_id:
-            self._problem("unexpected_start", "a second call on one socket")
+            self.problem("unexpected_start", "a second call on one socket")
             return
         session, created = self.registry.open(start.call_control_id)
         if created:
             # Streams we never saw a webhook for (e.g. started from another app) still mix.
             session.set_status("answered")
         if not session.live:
-            self._problem("stream_not_active", f"call is {session.status}")
+            self.problem("stream_not_active", f"call is {session.status}")
             self.conn.close(POLICY_VIOLATION, "call is not active")
             return
         self.conn.label = start.call_control_id
         try:
             session.attach(start, self.conn)
         except UnsupportedCodec as exc:
-            self._problem("unsupported_codec", str(exc))
+            self.problem("unsupported_codec", str(exc))
             self.conn.close(UNSUPPORTED_DATA, "unsupported media format")
             return
         self.session = session
@@ -136,19 +145,17 @@ class StreamHandler:
 
     def _reject_auth(self) -> None:
         self.metrics.inc("websocket_errors_total", reason="auth")
-        self.log.record("stream.auth_failed", None, remote=request.remote_addr)
-        logger.warning("media socket from %s refused: wrong or missing stream auth token",
-                       request.remote_addr)
+        self.log.record("stream.auth_failed", None, remote=self.remote)
+        logger.warning("media socket from %s refused: wrong or missing stream auth token", self.remote)
         self.conn.close(POLICY_VIOLATION, "invalid stream auth token")
 
-    def _problem(self, reason: str, detail: str) -> None:
+    def problem(self, reason: str, detail: str) -> None:
         self.errors += 1
         self.metrics.inc("websocket_errors_total", reason=reason)
         if self.errors <= LOGGED_ERRORS_PER_SOCKET:
             ccid = self.session.call_control_id if self.session else None
             logger.warning("[%s] media socket: %s: %s", ccid or "-", reason, detail)
-            self.log.record("stream.frame_error", ccid, reason=reason, detail=detail[:300],
-                            at_monotonic=round(time.monotonic(), 3))
+            self.log.record("stream.frame_error", ccid, reason=reason, detail=detail[:300])
 
 
 # Telnyx's own frames are small; a 30 s RTP chunk from us is ~1.3 MB, but we never receive those.

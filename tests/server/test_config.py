@@ -48,3 +48,13 @@ def test_malformed_dotenv_names_the_line(tmp_path):
     dotenv.write_text("PORT=1\nthis line is wrong\n")
     with pytest.raises(ConfigError, match=r"\.env:2"):
         load_config(environ={}, dotenv=dotenv)
+
+
+def test_env_example_lists_every_key():
+    from dataclasses import fields
+
+    from config import Config
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    listed = {line.split("=")[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    assert listed == {f.name for f in fields(Config)}
