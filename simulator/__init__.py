@@ -1,0 +1,13 @@
+"""A faithful stand-in for Telnyx on loopback: REST fake, signed webhooks, media-stream client.
+
+It speaks only the wire protocol and imports nothing of the server.
+"""
+
+from simulator.audio import CallerAudio
+from simulator.fake import FakeTelnyx, SimCall
+from simulator.media import StreamParams
+from simulator.rest import RecordedCommand
+from simulator.webhooks import Delivery, WebhookEvent, WebhookSigner
+
+__all__ = ["CallerAudio", "Delivery", "FakeTelnyx", "RecordedCommand", "SimCall", "StreamParams", "WebhookEvent",
+           "WebhookSigner"]

@@ -1,0 +1,708 @@
+"""Telnyx's side of the media-stream WebSocket: one asyncio loop for every simulated call.
+
+Telnyx connects to the app's `stream_url` and sends `connected`, `start`, `media` (the caller,
+every 20 ms), `dtmf`, `mark` echoes, `error` and `stop` as JSON text frames. It accepts the
+app's `media`, `mark` and `clear` frames and plays the media to the caller on a playout clock.
+
+Scale: all streams share one event-loop thread and one absolute-deadline ticker that sends every
+stream's caller frame; each stream has only a reader task. Per-message work is a dict lookup,
+a base64 decode and a list append; nothing is logged per frame.
+
+Behaviour chosen where the public documentation is silent (see PROTOCOL.md "UNCONFIRMED"):
+- error frames are `{"event":"error","payload":{code,title,detail},"stream_id"}` without a
+  sequence_number, and the socket stays open after one;
+- an RTP chunk outside 20 ms … 30 s of audio is rejected (not played) with 100004
+  `invalid_media`, as is an L16 payload with an odd byte count;
+- in mp3 mode, a payload that is not an MP3 is ignored silently (counted); a second MP3 within
+  one second of the previous one gets 100005 `rate_limit_reached`;
+- media `timestamp` is the media position in milliseconds since the stream started;
+  `chunk` counts media frames from "1"; `sequence_number` counts every frame but `connected`;
+- after `stop` the socket is closed with 1000; a reconnect keeps the stream_id;
+- `stream_bidirectional_target_legs: "opposite"` consumes the audio on the playout clock (marks
+  come back) but the lone caller hears none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import soundfile as sf
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from simulator import g711
+from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
+from simulator.webhooks import iso_now
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
+MIN_CHUNK_MS = 20
+MAX_CHUNK_S = 30.0
+# A 30 s L16 chunk at 48 kHz is 2.88 MB of audio, 3.84 MB as base64: allow it with margin.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Skip (and count) a caller frame rather than stall every call when one app stops reading.
+MAX_WRITE_BUFFER = 256 * 1024
+MP3_MIN_INTERVAL_S = 1.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+ERROR_TITLES = {100002: "unknown_error", 100003: "malformed_frame", 100004: "invalid_media",
+                100005: "rate_limit_reached"}
+
+
+def is_loopback_url(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host is not None and (host in LOOPBACK_HOSTS or host.startswith("127."))
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """What a streaming_start (or answer with stream_url) asked for, with Telnyx's defaults."""
+
+    url: str
+    track: str = "inbound_track"
+    codec: str = "default"
+    mode: str = "mp3"
+    bidirectional_codec: str = "PCMU"
+    bidirectional_sampling_rate: int = 8000
+    target_legs: str = "opposite"
+    auth_token: str | None = None
+    custom_parameters: dict[str, str] | None = None
+    client_state: str | None = None
+    l16_byteorder: str = "big"
+
+    @classmethod
+    def from_command(cls, body: dict[str, Any], *, l16_byteorder: str = "big") -> StreamParams:
+        custom = body.get("custom_parameters")
+        return cls(
+            url=body["stream_url"],
+            track=body.get("stream_track") or "inbound_track",
+            codec=body.get("stream_codec") or "default",
+            mode=body.get("stream_bidirectional_mode") or "mp3",
+            bidirectional_codec=body.get("stream_bidirectional_codec") or "PCMU",
+            bidirectional_sampling_rate=body.get("stream_bidirectional_sampling_rate") or 8000,
+            target_legs=body.get("stream_bidirectional_target_legs") or "opposite",
+            auth_token=body.get("stream_auth_token"),
+            custom_parameters={p["name"]: p.get("value", "") for p in custom} if custom else None,
+            client_state=body.get("client_state"),
+            l16_byteorder=l16_byteorder,
+        )
+
+    @property
+    def playout_encoding(self) -> str:
+        return self.bidirectional_codec
+
+    @property
+    def playout_rate(self) -> int:
+        # G.711 is 8 kHz by definition; only L16 (and wideband codecs) follow the requested rate.
+        return 8000 if self.bidirectional_codec in ("PCMU", "PCMA") else self.bidirectional_sampling_rate
+
+    @property
+    def media_encoding(self) -> str:
+        """Encoding of the frames Telnyx sends (start.media_format.encoding)."""
+        return self.codec if self.codec != "default" else self.bidirectional_codec
+
+    @property
+    def media_rate(self) -> int:
+        if self.media_encoding in ("PCMU", "PCMA"):
+            return 8000
+        if self.media_encoding == self.bidirectional_codec:
+            return self.bidirectional_sampling_rate
+        return 16000 if self.media_encoding == "L16" else 8000
+
+    @property
+    def caller_hears(self) -> bool:
+        return self.target_legs in ("self", "both")
+
+
+@dataclass(frozen=True)
+class CallIdentity:
+    user_id: str
+    call_control_id: str
+    call_session_id: str
+    from_: str
+    to: str
+    tags: tuple[str, ...] = ()
+
+
+class Recorder:
+    """What the caller heard, on a sample-exact playout timeline shared by a call's streams.
+
+    Positions are sample counts from `origin` (the first `start`), so back-to-back chunks are
+    contiguous to the sample and decode(encode(x)) of what the app sent comes back unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards everything below (loop thread writes, tests read)
+        self.origin: float | None = None
+        self.rate: int | None = None
+        self.play_end = 0  # samples: where queued audio ends
+        self.segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
+        self.cut: int | None = None  # samples: playout ended here (hangup)
+
+    def begin(self, now: float, rate: int) -> None:
+        with self._lock:
+            if self.origin is None:
+                self.origin, self.rate = now, rate
+
+    def position(self, now: float) -> int:
+        assert self.origin is not None and self.rate is not None
+        return int((now - self.origin) * self.rate)
+
+    def seconds(self, samples: int) -> float:
+        assert self.origin is not None and self.rate is not None
+        return self.origin + samples / self.rate
+
+    def queue(self, now: float, pcm: Int16Array, audible: bool) -> int:
+        """Schedule pcm to start when the previous chunk ends or now; returns the end sample."""
+        with self._lock:
+            start = max(self.play_end, self.position(now))
+            self.play_end = start + len(pcm)
+            if audible:
+                self.segments.append((start, pcm))
+            return self.play_end
+
+    def truncate(self, now: float) -> None:
+        """Drop everything not yet played (clear, socket loss, hangup)."""
+        with self._lock:
+            if self.origin is None:
+                return
+            pos = self.position(now)
+            kept: list[tuple[int, Int16Array]] = []
+            for start, pcm in self.segments:
+                if start >= pos:
+                    continue
+                kept.append((start, pcm[: pos - start] if start + len(pcm) > pos else pcm))
+            self.segments = kept
+            self.play_end = min(self.play_end, pos)
+
+    def end(self, now: float) -> None:
+        self.truncate(now)
+        with self._lock:
+            if self.origin is not None and self.cut is None:
+                self.cut = self.position(now)
+
+    def render(self, now: float, start: int = 0, length: int | None = None) -> Int16Array:
+        """Heard audio from sample `start`: played so far (or up to the cut), gaps as silence."""
+        with self._lock:
+            if self.origin is None or self.rate is None:
+                return np.zeros(0, dtype=np.int16)
+            limit = self.cut if self.cut is not None else self.position(now)
+            stop = limit if length is None else min(limit, start + length)
+            out = np.zeros(max(0, (start + length if length is not None else stop) - start), dtype=np.int16)
+            for seg_start, pcm in self.segments:
+                a, b = max(seg_start, start), min(seg_start + len(pcm), stop)
+                if a < b:
+                    out[a - start:b - start] = pcm[a - seg_start:b - seg_start]
+            return out if length is not None else out[: max(0, stop - start)]
+
+
+@dataclass
+class StreamStats:
+    frames_sent: int = 0
+    frames_skipped: int = 0  # backpressure: the app was not reading
+    media_received: int = 0
+    media_ignored: int = 0  # e.g. raw audio in mp3 mode
+    bytes_received: int = 0
+
+
+@dataclass
+class StreamState:
+    """Per call: survives reconnects. Written on the loop thread, read by tests via copies."""
+
+    recorder: Recorder = field(default_factory=Recorder)
+    caller_pos: int = 0  # samples of caller audio sent so far (at media rate)
+    received: list[tuple[float, bytes]] = field(default_factory=list)
+    marks_echoed: list[str] = field(default_factory=list)
+    marks_cleared: list[str] = field(default_factory=list)  # echoed because of a clear
+    errors_sent: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every frame but media, as sent
+    stats: StreamStats = field(default_factory=StreamStats)
+    close_code: int | None = None
+    close_reason: str | None = None
+    upgrade_headers: dict[str, str] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)  # notified on every change
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+# Encoded caller audio is shared by every call using the same CallerAudio instance.
+_ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, bool]]] = (
+    weakref.WeakKeyDictionary())
+_ENCODED_LOCK = threading.Lock()
+
+
+def encoded_caller_audio(audio: CallerAudio, encoding: str, rate: int, byteorder: str) -> bytes:
+    with _ENCODED_LOCK:
+        per = _ENCODED.setdefault(audio, {})
+        key = (encoding, rate, byteorder)
+        if key not in per:
+            per[key] = (g711.encode(to_pcm16(audio.render(rate)), encoding, l16_byteorder=byteorder), audio.loop)
+        return per[key][0]
+
+
+class MediaStream:
+    """One WebSocket connection from Telnyx to the app, for one call.
+
+    Everything here runs on the engine loop; the `on_*` callbacks run there too and must not
+    block (the fake only queues webhooks from them).
+    """
+
+    def __init__(self, engine: MediaEngine, call: CallIdentity, params: StreamParams, stream_id: str,
+                 caller_audio: CallerAudio, state: StreamState, *,
+                 on_started: Callable[[MediaStream], None],
+                 on_failed: Callable[[MediaStream, str], None],
+                 on_peer_closed: Callable[[MediaStream], None]) -> None:
+        self.engine = engine
+        self.call = call
+        self.params = params
+        self.stream_id = stream_id
+        self.state = state
+        self._on_started = on_started
+        self._on_failed = on_failed
+        self._on_peer_closed = on_peer_closed
+        self.ws: ClientConnection | None = None
+        self.seq = 0
+        self.chunk = 0
+        self.closing = False  # we are ending this connection (stop, drop, hangup)
+        self.started = asyncio.Event()
+        self._pending_marks: deque[tuple[int, str]] = deque()  # (due sample, name), due non-decreasing
+        self._last_mp3 = -1e9
+        enc, rate = params.media_encoding, params.media_rate
+        self._frame_samples = rate * FRAME_MS // 1000
+        self._frame_bytes = self._frame_samples * g711.bytes_per_sample(enc)
+        self._silence_b64 = base64.b64encode(g711.silence_payload(enc, self._frame_samples)).decode()
+        self._caller = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
+            if caller_audio.kind != "silence" else b""
+        self._caller_loop = caller_audio.loop
+        self._send_inbound = params.track in ("inbound_track", "both_tracks")
+        self._send_outbound = params.track in ("outbound_track", "both_tracks")
+        self._media_prefix = '{"event":"media","sequence_number":"'
+
+    # ---- connection -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        headers = {}
+        if self.params.auth_token is not None:
+            headers["x-telnyx-streaming-auth-token"] = self.params.auth_token
+        self.state.upgrade_headers = dict(headers)
+        if not (self.params.url.startswith("ws://") or self.params.url.startswith("wss://")):
+            self._on_failed(self, "connection_failed")
+            return
+        if not self.engine.allow_non_loopback and not is_loopback_url(self.params.url):
+            logger.warning("refusing non-loopback stream_url %s (pass allow_non_loopback=True)", self.params.url)
+            self._on_failed(self, "connection_failed")
+            return
+        try:
+            self.ws = await connect(self.params.url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
+                                    compression=None, proxy=None, open_timeout=self.engine.connect_timeout_s,
+                                    ping_interval=None, close_timeout=2, user_agent_header=None)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            logger.info("stream %s: cannot connect to %s: %s", self.stream_id, self.params.url, exc)
+            self._on_failed(self, "connection_failed")
+            return
+        if self.closing:  # hung up or replaced while connecting
+            await self.ws.close(1000)
+            return
+        self._on_started(self)
+        connected: dict[str, Any] = {"event": "connected", "version": "1.0.0"}
+        if self.params.auth_token is not None:
+            connected["x-telnyx-streaming-auth-token"] = self.params.auth_token
+        now = time.monotonic()
+        self.state.recorder.begin(now, self.params.playout_rate)
+        try:
+            await self._send_json(connected)
+            await self._send_json(self._start_frame())
+        except ConnectionClosed:
+            await self._peer_closed()
+            return
+        self.started.set()
+        self.state.notify()
+        self.engine.active.add(self)
+        await self._read()
+
+    def _start_frame(self) -> dict[str, Any]:
+        self.seq += 1
+        start: dict[str, Any] = {"user_id": self.call.user_id, "call_control_id": self.call.call_control_id,
+                                 "call_session_id": self.call.call_session_id, "from": self.call.from_,
+                                 "to": self.call.to}
+        if self.call.tags:
+            start["tags"] = list(self.call.tags)
+        if self.params.client_state is not None:
+            start["client_state"] = self.params.client_state
+        if self.params.custom_parameters is not None:
+            start["custom_parameters"] = dict(self.params.custom_parameters)
+        start["media_format"] = {"encoding": self.params.media_encoding, "sample_rate": self.params.media_rate,
+                                 "channels": 1}
+        return {"event": "start", "sequence_number": str(self.seq), "stream_id": self.stream_id, "start": start}
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                await self._handle(message)
+        except ConnectionClosed:
+            pass
+        if not self.closing:
+            await self._peer_closed()
+
+    async def _peer_closed(self) -> None:
+        self.engine.active.discard(self)
+        if self.ws is not None:
+            self.state.close_code = self.ws.close_code
+            self.state.close_reason = self.ws.close_reason
+        self.state.recorder.truncate(time.monotonic())
+        self._pending_marks.clear()
+        self.state.notify()
+        if not self.closing:
+            self.closing = True
+            self._on_peer_closed(self)
+
+    async def stop(self, *, send_stop: bool = True) -> None:
+        """Telnyx ends the stream: `stop` frame, then a normal close."""
+        self.closing = True
+        self.engine.active.discard(self)
+        self.state.recorder.truncate(time.monotonic())
+        self._pending_marks.clear()
+        if self.ws is None:
+            return
+        if send_stop and self.started.is_set():
+            self.seq += 1
+            stop = {"event": "stop", "sequence_number": str(self.seq),
+                    "stop": {"user_id": self.call.user_id, "call_control_id": self.call.call_control_id},
+                    "stream_id": self.stream_id}
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_json(stop)
+        await self.ws.close(1000)
+        self.state.notify()
+
+    def drop(self) -> None:
+        """Lose the TCP connection: no stop frame, no close handshake."""
+        self.closing = True
+        self.engine.active.discard(self)
+        self.state.recorder.truncate(time.monotonic())
+        self._pending_marks.clear()
+        if self.ws is not None:
+            self.ws.transport.abort()
+        self.state.notify()
+
+    # ---- frames Telnyx sends ---------------------------------------------------------------
+
+    async def _send_json(self, frame: dict[str, Any]) -> None:
+        assert self.ws is not None
+        self.state.sent.append(frame)
+        await self.ws.send(_dumps(frame))
+
+    async def send_dtmf(self, digit: str) -> None:
+        if self.ws is None or self.closing:
+            raise RuntimeError("stream is not connected")
+        self.seq += 1
+        await self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
+                               "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
+
+    async def _echo_mark(self, name: str, cleared: bool = False) -> None:
+        self.seq += 1
+        self.state.marks_echoed.append(name)
+        if cleared:
+            self.state.marks_cleared.append(name)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
+                                   "mark": {"name": name}})
+        self.state.notify()
+
+    async def _error(self, code: int, detail: str) -> None:
+        frame = {"event": "error", "payload": {"code": code, "title": ERROR_TITLES[code], "detail": detail},
+                 "stream_id": self.stream_id}
+        self.state.errors_sent.append(frame)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_json(frame)
+        self.state.notify()
+
+    def tick(self, now: float) -> list[str]:
+        """Frames due at this 20 ms tick: due mark echoes are returned separately by due_marks."""
+        out: list[str] = []
+        chunk_ms = self.chunk * FRAME_MS
+        if self._send_inbound:
+            self.seq += 1
+            self.chunk += 1
+            out.append(self._media_text("inbound", self._caller_frame(), chunk_ms))
+        if self._send_outbound:
+            self.seq += 1
+            if not self._send_inbound:
+                self.chunk += 1
+            out.append(self._media_text("outbound", self._heard_frame(now), chunk_ms))
+        return out
+
+    def _media_text(self, track: str, payload_b64: str, timestamp_ms: int) -> str:
+        return (f'{self._media_prefix}{self.seq}","media":{{"track":"{track}","chunk":"{self.chunk}",'
+                f'"timestamp":"{timestamp_ms}","payload":"{payload_b64}"}},"stream_id":"{self.stream_id}"}}')
+
+    def _caller_frame(self) -> str:
+        data, size = self._caller, self._frame_bytes
+        bps = size // self._frame_samples
+        pos = self.state.caller_pos * bps
+        self.state.caller_pos += self._frame_samples
+        if not data or (not self._caller_loop and pos >= len(data)):
+            return self._silence_b64
+        if self._caller_loop:
+            pos %= len(data)
+            piece = data[pos:pos + size]
+            if len(piece) < size:
+                piece += data[: size - len(piece)] if len(data) >= size - len(piece) else \
+                    g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
+        else:
+            piece = data[pos:pos + size]
+            if len(piece) < size:
+                piece += g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
+        return base64.b64encode(piece).decode()
+
+    def _heard_frame(self, now: float) -> str:
+        rec = self.state.recorder
+        rate = self.params.playout_rate
+        n = rate * FRAME_MS // 1000
+        pcm = rec.render(now, max(0, rec.position(now) - n), n)
+        if rate != self.params.media_rate:
+            pcm = to_pcm16(resample((pcm / 32768).astype(np.float32), rate, self.params.media_rate))
+        return base64.b64encode(g711.encode(pcm, self.params.media_encoding,
+                                            l16_byteorder=self.params.l16_byteorder)).decode()
+
+    def due_marks(self, now: float) -> list[str]:
+        if not self._pending_marks:
+            return []
+        pos = self.state.recorder.position(now)
+        due: list[str] = []
+        while self._pending_marks and self._pending_marks[0][0] <= pos:
+            due.append(self._pending_marks.popleft()[1])
+        return due
+
+    # ---- frames the app sends --------------------------------------------------------------
+
+    async def _handle(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            await self._error(100003, "Binary frames are not accepted; send JSON text frames.")
+            return
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            await self._error(100003, "Frame is not valid JSON.")
+            return
+        event = frame.get("event") if isinstance(frame, dict) else None
+        if event == "media":
+            media = frame.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
+            if not isinstance(payload, str):
+                await self._error(100003, "A media frame needs media.payload as a string.")
+                return
+            await self._media(payload)
+        elif event == "mark":
+            mark = frame.get("mark")
+            name = mark.get("name") if isinstance(mark, dict) else None
+            if not isinstance(name, str):
+                await self._error(100003, "A mark frame needs mark.name as a string.")
+                return
+            await self._mark(name)
+        elif event == "clear":
+            await self._clear()
+        else:
+            await self._error(100003, f"Unknown or missing event {event!r}.")
+
+    async def _media(self, payload_b64: str) -> None:
+        now = time.monotonic()
+        try:
+            payload = base64.b64decode(payload_b64, validate=True)
+        except (binascii.Error, ValueError):
+            await self._error(100004, "Media provided was not base64 encoded.")
+            return
+        st = self.state
+        st.received.append((now, payload))
+        st.stats.media_received += 1
+        st.stats.bytes_received += len(payload)
+        if self.params.mode == "mp3":
+            await self._mp3(payload, now)
+            return
+        enc, rate = self.params.playout_encoding, self.params.playout_rate
+        if enc not in g711.SUPPORTED_CODECS:
+            st.stats.media_ignored += 1
+            return
+        bps = g711.bytes_per_sample(enc)
+        if len(payload) % bps:
+            await self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
+            return
+        samples = len(payload) // bps
+        if samples * 1000 < MIN_CHUNK_MS * rate or samples > MAX_CHUNK_S * rate:
+            await self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
+                                      f"(got {samples * 1000 / rate:g} ms).")
+            return
+        pcm = g711.decode(payload, enc, l16_byteorder=self.params.l16_byteorder)
+        st.recorder.queue(now, pcm, self.params.caller_hears)
+
+    async def _mp3(self, payload: bytes, now: float) -> None:
+        pcm = _decode_mp3(payload, self.params.playout_rate)
+        if pcm is None:
+            # Telnyx plays only MP3 files in this mode; raw RTP audio goes nowhere.
+            self.state.stats.media_ignored += 1
+            return
+        if now - self._last_mp3 < MP3_MIN_INTERVAL_S:
+            await self._error(100005, "Too many requests")
+            return
+        self._last_mp3 = now
+        self.state.recorder.queue(now, pcm, self.params.caller_hears)
+
+    async def _mark(self, name: str) -> None:
+        rec = self.state.recorder
+        now = time.monotonic()
+        if rec.play_end <= rec.position(now) and not self._pending_marks:
+            await self._echo_mark(name)
+        else:
+            self._pending_marks.append((rec.play_end, name))
+
+    async def _clear(self) -> None:
+        self.state.recorder.truncate(time.monotonic())
+        while self._pending_marks:
+            await self._echo_mark(self._pending_marks.popleft()[1], cleared=True)
+
+
+def _looks_like_mp3(data: bytes) -> bool:
+    if data[:3] == b"ID3":
+        return True
+    if len(data) < 4 or data[0] != 0xFF or (data[1] & 0xE0) != 0xE0:
+        return False
+    version, layer = (data[1] >> 3) & 3, (data[1] >> 1) & 3
+    bitrate, rate = data[2] >> 4, (data[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
+
+
+def _decode_mp3(data: bytes, rate: int) -> Int16Array | None:
+    if not _looks_like_mp3(data):
+        return None
+    try:
+        samples, file_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+    mono: FloatArray = np.asarray(samples.mean(axis=1), dtype=np.float32)
+    return to_pcm16(resample(mono, int(file_rate), rate))
+
+
+class MediaEngine:
+    """The shared loop thread and 20 ms ticker for every stream of a FakeTelnyx."""
+
+    def __init__(self, *, allow_non_loopback: bool = False, connect_timeout_s: float = 5.0) -> None:
+        self.allow_non_loopback = allow_non_loopback
+        self.connect_timeout_s = connect_timeout_s
+        self.active: set[MediaStream] = set()  # loop thread only
+        self.ticks = 0
+        self.late_ticks = 0  # ticks that fired more than one frame late (loop overloaded)
+        self.resyncs = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "MediaEngine not started"
+        return self._loop
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sim-media-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._ticker = loop.create_task(self._tick())
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            streams = list(self.active)
+            await asyncio.gather(*(s.stop(send_stop=False) for s in streams), return_exceptions=True)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            logger.warning("media engine shutdown incomplete: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.loop.call_soon_threadsafe(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
+
+    async def _tick(self) -> None:
+        deadline = time.monotonic()
+        while True:
+            deadline += FRAME_S
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -FRAME_S:
+                self.late_ticks += 1
+                if delay < -5 * FRAME_S:
+                    # Overloaded or suspended: start again from now rather than send a burst.
+                    deadline = time.monotonic()
+                    self.resyncs += 1
+            self.ticks += 1
+            now = time.monotonic()
+            for stream in list(self.active):
+                ws = stream.ws
+                if ws is None or stream.closing:
+                    continue
+                for name in stream.due_marks(now):
+                    await stream._echo_mark(name)
+                frames = stream.tick(now)
+                if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                    stream.state.stats.frames_skipped += len(frames)
+                    continue
+                try:
+                    for text in frames:
+                        await ws.send(text)
+                    stream.state.stats.frames_sent += len(frames)
+                except ConnectionClosed:
+                    self.active.discard(stream)
