@@ -1,0 +1,331 @@
+"""The mixer of one call: any number of sources summed into one frame at a time.
+
+Threads: REST threads call add / set_gain / stop / stop_all, the socket thread calls feed_caller,
+the pacer thread calls mix (50 times a second). One lock, `_lock`, guards all mutable state: the
+track table, the finished-track bookkeeping, the speech detector, the duck envelope and the
+limiter. mix() holds it for one frame's arithmetic only (tens of microseconds).
+
+Click-freedom: every gain change is a ramp (set_gain over GAIN_RAMP_MS, stop over the track's
+fade-out or STOP_FADE_MS, ducking over attack/release), and a looping source crossfades its end
+into its start over LOOP_CROSSFADE_MS, so the output never jumps further than the sources do.
+
+Bit-exactness: a track at 0 dB with no fade and no ducking is added to a zeroed float32 buffer
+as is; below the limiter's threshold the limiter leaves it alone; the int16 conversion is
+float_to_pcm16's. So one such track comes out exactly as float_to_pcm16(samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixer.ducking import DuckEnvelope, DuckingConfig, SpeechDetector, rms_dbfs
+from mixer.geometry import FrameGeometry
+from mixer.limiter import Limiter
+
+__all__ = ["GAIN_MAX_DB", "GAIN_MIN_DB", "DuckingConfig", "MixedFrame", "Mixer"]
+
+logger = logging.getLogger(__name__)
+
+GAIN_MIN_DB = -60.0
+GAIN_MAX_DB = 12.0
+GAIN_RAMP_MS = 20          # set_gain glides over one frame's worth of time
+STOP_FADE_MS = 10          # shortest fade of a stop: long enough to avoid a click, short enough to feel instant
+LOOP_CROSSFADE_MS = 20     # a loop's end is blended into its start over this long
+_FINISHED_MEMORY = 256     # how many ended tracks keep answering played_samples()
+DEFAULT_DUCKING = DuckingConfig()
+
+Gain = float | np.ndarray   # a constant, or one value per sample of the frame
+
+
+def _db_to_gain(db: float) -> float:
+    return float(10.0 ** (db / 20.0))
+
+
+def _check_gain_db(gain_db: float) -> float:
+    if not GAIN_MIN_DB <= gain_db <= GAIN_MAX_DB:
+        raise ValueError(f"gain_db must be within {GAIN_MIN_DB:g}..{GAIN_MAX_DB:g} dB, got {gain_db}")
+    return float(gain_db)
+
+
+def _times(a: Gain, b: Gain) -> Gain:
+    if isinstance(a, float) and a == 1.0:
+        return b
+    if isinstance(b, float) and b == 1.0:
+        return a
+    return a * b
+
+
+@dataclass(frozen=True)
+class MixedFrame:
+    """One frame of the mix. `finished` names the tracks whose last sample is in this frame."""
+
+    pcm: np.ndarray                 # int16, samples_per_frame long
+    finished: tuple[str, ...] = ()
+
+
+class _Ramp:
+    """A gain that moves linearly (in amplitude) to a target over a number of samples."""
+
+    __slots__ = ("remaining", "step", "target", "value")
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.target = value
+        self.step = 0.0
+        self.remaining = 0
+
+    def glide(self, target: float, samples: int) -> None:
+        self.target = target
+        if samples <= 0:
+            self.value, self.remaining, self.step = target, 0, 0.0
+        else:
+            self.remaining = samples
+            self.step = (target - self.value) / samples
+
+    def advance(self, n: int, steps: np.ndarray) -> Gain:
+        """Gain for the next `n` samples; `steps` is 1..n as float64."""
+        if self.remaining == 0:
+            return self.value
+        k = min(n, self.remaining)
+        out = np.full(n, self.target, dtype=np.float32)
+        out[:k] = self.value + self.step * steps[:k]
+        self.remaining -= k
+        self.value = self.target if self.remaining == 0 else self.value + self.step * k
+        return out
+
+
+class _Track:
+    """One source being played. Touched only under the Mixer's lock."""
+
+    __slots__ = ("body", "duck", "fade_in", "fade_out", "level", "loop", "period", "pos", "samples", "stop")
+
+    def __init__(self, samples: np.ndarray, *, gain: float, loop: bool, fade_in: int, fade_out: int,
+                 duck: bool, crossfade: int) -> None:
+        self.samples = samples
+        self.loop = loop and len(samples) > 0
+        self.level = _Ramp(gain)
+        self.fade_in = fade_in
+        self.fade_out = fade_out
+        self.duck = duck
+        self.stop: _Ramp | None = None
+        self.pos = 0  # samples played so far, counting every pass of a loop
+        self.period = len(samples)
+        self.body = samples
+        if self.loop:
+            # Later passes play `body`: the clip minus its last L samples, whose sound is blended
+            # into the first L samples. The first pass plays the clip itself.
+            n = len(samples)
+            xf = min(crossfade, n // 2)
+            self.period = n - xf
+            if xf:
+                w = ((np.arange(xf, dtype=np.float64) + 0.5) / xf).astype(np.float32)
+                self.body = samples[:self.period].copy()
+                self.body[:xf] = samples[:xf] * w + samples[self.period:] * (np.float32(1.0) - w)
+
+    def read(self, n: int) -> np.ndarray:
+        """The next (up to) `n` source samples, unscaled; shorter only at a one-shot's end."""
+        pos = self.pos
+        if not self.loop:
+            return self.samples[pos:pos + n]
+        period = self.period
+        if pos + n <= period:
+            return self.samples[pos:pos + n]
+        if pos >= period:
+            start = pos % period
+            if start + n <= period:
+                return self.body[start:start + n]
+        # The frame crosses a seam (or the loop is shorter than a frame): gather with wrap-around.
+        out = np.take(self.body, np.arange(pos, pos + n), mode="wrap")
+        if pos < period:
+            out[:period - pos] = self.samples[pos:period]
+        return out
+
+    def envelope(self, m: int, steps: np.ndarray, duck_gain: Gain) -> Gain:
+        """The gain to apply to the next `m` samples (all ramps, fades and ducking)."""
+        gain = self.level.advance(m, steps)
+        pos = self.pos
+        if pos < self.fade_in:
+            ramp = np.minimum((pos + steps[:m] - 1.0) / self.fade_in, 1.0).astype(np.float32)
+            gain = _times(gain, ramp)
+        if not self.loop and self.fade_out and pos + m > len(self.samples) - self.fade_out:
+            left = len(self.samples) - 1 - pos - (steps[:m] - 1.0)
+            ramp = np.clip(left / self.fade_out, 0.0, 1.0).astype(np.float32)
+            gain = _times(gain, ramp)
+        if self.stop is not None:
+            gain = _times(gain, self.stop.advance(m, steps))
+        if self.duck:
+            gain = _times(gain, duck_gain)
+        return gain
+
+    @property
+    def ended(self) -> bool:
+        if self.stop is not None and self.stop.remaining == 0:
+            return True
+        return not self.loop and self.pos >= len(self.samples)
+
+
+class Mixer:
+    """Thread-safe mixer of one call. See the module docstring for the threading contract."""
+
+    def __init__(self, geometry: FrameGeometry, *, ducking: DuckingConfig = DEFAULT_DUCKING,
+                 limiter_threshold_dbfs: float = -1.0, on_activity: Callable[[], None] | None = None) -> None:
+        self.geometry = geometry
+        n = geometry.samples_per_frame
+        self._n = n
+        self._on_activity = on_activity
+        self._gain_ramp = geometry.ms_to_samples(GAIN_RAMP_MS)
+        self._stop_fade = max(1, geometry.ms_to_samples(STOP_FADE_MS))
+        self._crossfade = geometry.ms_to_samples(LOOP_CROSSFADE_MS)
+        self._steps = np.arange(1, n + 1, dtype=np.float64)
+        self._acc = np.zeros(n, dtype=np.float32)
+        self._tmp = np.zeros(n, dtype=np.float32)
+        # Guards everything below.
+        self._lock = threading.Lock()
+        self._tracks: dict[str, _Track] = {}
+        self._finished_played: OrderedDict[str, int] = OrderedDict()
+        self._detector = SpeechDetector(ducking, geometry.sample_rate)
+        self._duck = DuckEnvelope(ducking, geometry.sample_rate, n)
+        self._limiter = Limiter(limiter_threshold_dbfs, geometry.sample_rate)
+
+    # -- control (any thread) -------------------------------------------------------------------
+
+    def add(self, key: str, samples: np.ndarray, *, gain_db: float = 0.0, loop: bool = False,
+            fade_in_ms: int = 0, fade_out_ms: int = 0, duck: bool = False) -> None:
+        """Start playing float32 mono `samples` (at the stream rate) under `key`, from the next frame.
+
+        Raises ValueError for a key already playing, a gain outside -60..+12 dB, negative fades or
+        samples that are not 1-D.
+        """
+        gain = _db_to_gain(_check_gain_db(gain_db))
+        if fade_in_ms < 0 or fade_out_ms < 0:
+            raise ValueError("fade_in_ms and fade_out_ms must not be negative")
+        arr = np.ascontiguousarray(samples, dtype=np.float32)
+        if arr.ndim != 1:
+            raise ValueError(f"samples must be 1-D (mono), got shape {arr.shape}")
+        track = _Track(arr, gain=gain, loop=loop, fade_in=self.geometry.ms_to_samples(fade_in_ms),
+                       fade_out=self.geometry.ms_to_samples(fade_out_ms), duck=duck, crossfade=self._crossfade)
+        with self._lock:
+            if key in self._tracks:
+                raise ValueError(f"a track named {key!r} is already playing")
+            self._finished_played.pop(key, None)
+            self._tracks[key] = track
+        if self._on_activity is not None:
+            self._on_activity()
+
+    def set_gain(self, key: str, gain_db: float) -> None:
+        """Glide `key` to `gain_db` over GAIN_RAMP_MS. Unknown or ended keys are ignored."""
+        gain = _db_to_gain(_check_gain_db(gain_db))
+        with self._lock:
+            track = self._tracks.get(key)
+            if track is not None:
+                track.level.glide(gain, self._gain_ramp)
+
+    def stop(self, key: str, *, fade_ms: int | None = None) -> bool:
+        """Fade `key` out and drop it; False if it is unknown or already ended.
+
+        The fade lasts `fade_ms`, by default the track's own fade-out, at least STOP_FADE_MS.
+        """
+        with self._lock:
+            track = self._tracks.get(key)
+            if track is None:
+                return False
+            self._stop_locked(track, fade_ms)
+            return True
+
+    def stop_all(self) -> list[str]:
+        """Fade every track out quickly (STOP_FADE_MS); the keys that were playing."""
+        with self._lock:
+            for track in self._tracks.values():
+                self._stop_locked(track, STOP_FADE_MS)
+            return list(self._tracks)
+
+    def _stop_locked(self, track: _Track, fade_ms: int | None) -> None:
+        if fade_ms is None:
+            samples = max(track.fade_out, self._stop_fade)
+        else:
+            samples = max(self.geometry.ms_to_samples(fade_ms), self._stop_fade)
+        if track.stop is not None and track.stop.remaining <= samples:
+            return  # already fading out at least as fast
+        if track.stop is None:
+            track.stop = _Ramp(1.0)
+        track.stop.glide(0.0, samples)
+
+    def feed_caller(self, pcm: np.ndarray) -> None:
+        """Inbound caller audio (int16 at the stream rate), for the ducking detector."""
+        level = rms_dbfs(pcm)
+        with self._lock:
+            self._detector.feed_level(level, len(pcm))
+
+    # -- state (any thread) ---------------------------------------------------------------------
+
+    def played_samples(self, key: str) -> int:
+        """Samples of `key` mixed so far (every pass of a loop counts); kept a while after it ends."""
+        with self._lock:
+            track = self._tracks.get(key)
+            if track is not None:
+                return track.pos
+            return self._finished_played.get(key, 0)
+
+    def has_active(self) -> bool:
+        with self._lock:
+            return bool(self._tracks)
+
+    @property
+    def caller_speaking(self) -> bool:
+        with self._lock:
+            return self._detector.speaking
+
+    @property
+    def active_keys(self) -> list[str]:
+        with self._lock:
+            return list(self._tracks)
+
+    # -- the pacer thread -----------------------------------------------------------------------
+
+    def mix(self) -> MixedFrame | None:
+        """The next frame, or None when nothing plays (then no time passes for the sources)."""
+        n = self._n
+        acc, tmp, steps = self._acc, self._tmp, self._steps
+        with self._lock:
+            if not self._tracks:
+                return None
+            acc.fill(0.0)
+            duck_gain = self._duck.advance(n, self._detector.speaking)
+            finished: list[str] = []
+            for key, track in self._tracks.items():
+                seg = track.read(n)
+                m = len(seg)
+                if m:
+                    gain = track.envelope(m, steps, duck_gain if m == n or isinstance(duck_gain, float)
+                                          else duck_gain[:m])
+                    if isinstance(gain, float):
+                        if gain == 1.0:
+                            np.add(acc[:m], seg, out=acc[:m])
+                        else:
+                            np.multiply(seg, np.float32(gain), out=tmp[:m])
+                            np.add(acc[:m], tmp[:m], out=acc[:m])
+                    else:
+                        np.multiply(seg, gain, out=tmp[:m])
+                        np.add(acc[:m], tmp[:m], out=acc[:m])
+                    track.pos += m
+                if track.ended or m < n:
+                    finished.append(key)
+            for key in finished:
+                self._finished_played[key] = self._tracks.pop(key).pos
+            while len(self._finished_played) > _FINISHED_MEMORY:
+                self._finished_played.popitem(last=False)
+            self._limiter.process(acc)
+            # Same arithmetic as codecs.float_to_pcm16, without its temporaries.
+            np.multiply(acc, np.float32(32768.0), out=tmp)
+            np.rint(tmp, out=tmp)
+            np.clip(tmp, -32768.0, 32767.0, out=tmp)
+            pcm = tmp.astype(np.int16)
+        if finished and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("tracks ended: %s", ", ".join(finished))
+        return MixedFrame(pcm, tuple(finished))

@@ -1,0 +1,181 @@
+"""Sources: everything that can be injected, decoded once into float32 mono at the stream's rate.
+
+Every function returns a new float32 1-D array with values in [-1, 1] at `sample_rate`, or
+raises a domain error (mixer.errors) whose message tells the user what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from mixer.errors import AudioTooLong, EmptyAudio, UndecodableAudio, UnknownClip
+
+logger = logging.getLogger(__name__)
+
+CLIP_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
+# A clip name is one plain file name: no separators, no leading dot, so never a way out of media_dir.
+_CLIP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+DTMF_ROWS = {"1": 697, "2": 697, "3": 697, "A": 697,
+             "4": 770, "5": 770, "6": 770, "B": 770,
+             "7": 852, "8": 852, "9": 852, "C": 852,
+             "*": 941, "0": 941, "#": 941, "D": 941}
+DTMF_COLS = {"1": 1209, "4": 1209, "7": 1209, "*": 1209,
+             "2": 1336, "5": 1336, "8": 1336, "0": 1336,
+             "3": 1477, "6": 1477, "9": 1477, "#": 1477,
+             "A": 1633, "B": 1633, "C": 1633, "D": 1633}
+
+
+def db_to_gain(db: float) -> float:
+    return float(10.0 ** (db / 20.0))
+
+
+def _check_rate(sample_rate: int) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+
+
+def _samples(ms: float, sample_rate: int) -> int:
+    return max(0, round(ms * sample_rate / 1000))
+
+
+def _too_long(seconds: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"the audio lasts {seconds:.1f} s, longer than the limit of {max_seconds:g} s; "
+                        "trim it or raise the limit.")
+
+
+def to_mono(frames: np.ndarray) -> np.ndarray:
+    """(n, channels) or (n,) float -> (n,) float32, channels averaged (so a full-scale mono signal
+    copied into every channel stays full scale)."""
+    arr = np.asarray(frames, dtype=np.float32)
+    if arr.ndim == 1:
+        return arr
+    return arr.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """float32 mono at `from_rate` -> float32 mono at `to_rate`, band-limited (soxr, high quality)."""
+    _check_rate(from_rate)
+    _check_rate(to_rate)
+    if from_rate == to_rate or len(x) == 0:
+        return np.asarray(x, dtype=np.float32)
+    return np.asarray(soxr.resample(x, from_rate, to_rate, quality="HQ"), dtype=np.float32)
+
+
+def _finish(x: np.ndarray) -> np.ndarray:
+    """Contiguous float32 in [-1, 1]; non-finite samples (a broken float file) become silence."""
+    out = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    np.clip(out, -1.0, 1.0, out=out)
+    return np.ascontiguousarray(out)
+
+
+def decode_audio(data: bytes, sample_rate: int, *, max_seconds: float) -> np.ndarray:
+    """WAV/MP3/FLAC/OGG bytes (any rate, any channel count) -> float32 mono at `sample_rate`.
+
+    Raises EmptyAudio for no bytes or no samples, UndecodableAudio with the decoder's reason,
+    AudioTooLong when the audio lasts more than `max_seconds`.
+    """
+    _check_rate(sample_rate)
+    if not data:
+        raise EmptyAudio("the audio is empty (0 bytes); send a WAV, MP3, FLAC or OGG file.")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, frames = f.samplerate, f.frames
+            # Refuse before decoding a long file, when the header tells the length.
+            if frames > 0 and rate > 0 and frames / rate > max_seconds:
+                raise _too_long(frames / rate, max_seconds)
+            limit = int(max_seconds * rate) + 1
+            decoded = f.read(frames=limit, dtype="float32", always_2d=True)
+    except AudioTooLong:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise UndecodableAudio(f"the audio could not be decoded ({exc}); "
+                               "send a WAV, MP3, FLAC or OGG file.") from None
+    if len(decoded) == 0:
+        raise EmptyAudio("the audio decoded to no samples (it is empty); send a file with sound in it.")
+    if len(decoded) > max_seconds * rate:
+        raise _too_long(len(decoded) / rate, max_seconds)
+    return _finish(resample(to_mono(decoded), rate, sample_rate))
+
+
+def find_clip(media_dir: Path, name: str) -> Path:
+    """The file for clip `name` (`name` itself or `name.<ext>`) inside media_dir, or UnknownClip."""
+    if not _CLIP_NAME.match(name) or ".." in name:
+        raise UnknownClip(f"clip {name!r} is not a valid clip name; use a file name from the media "
+                          "library (letters, digits, '-', '_', '.').")
+    root = Path(media_dir).resolve()
+    candidates = [root / name] if name.lower().endswith(CLIP_EXTENSIONS) else []
+    candidates += [root / f"{name}{ext}" for ext in CLIP_EXTENSIONS]
+    for path in candidates:
+        resolved = path.resolve()
+        # A symlink inside the library could still point elsewhere: stay inside media_dir.
+        if resolved.is_file() and resolved.is_relative_to(root):
+            return resolved
+    raise UnknownClip(f"clip {name!r} is not in the media library; add {name}.wav (or .mp3, .flac, .ogg) "
+                      "to the media directory or pick an existing clip.")
+
+
+def load_clip(media_dir: Path, name: str, sample_rate: int, *, max_seconds: float) -> np.ndarray:
+    """A clip from the media library, decoded like decode_audio."""
+    path = find_clip(media_dir, name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnknownClip(f"clip {name!r} could not be read ({exc.strerror}).") from None
+    return decode_audio(data, sample_rate, max_seconds=max_seconds)
+
+
+def silence(duration_ms: int, sample_rate: int) -> np.ndarray:
+    """`duration_ms` of zeros at `sample_rate` (float32)."""
+    _check_rate(sample_rate)
+    return np.zeros(_samples(duration_ms, sample_rate), dtype=np.float32)
+
+
+def _sine(frequency_hz: float, n: int, sample_rate: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float64) / sample_rate
+    return np.sin(2.0 * np.pi * frequency_hz * t)
+
+
+def tone(frequency_hz: float, duration_ms: int, sample_rate: int, level_dbfs: float = -10.0) -> np.ndarray:
+    """A sine of `frequency_hz` lasting `duration_ms`, peak level `level_dbfs` (0 dBFS = full scale).
+
+    Starts at phase 0 (a zero sample); the mixer's fades take care of a non-zero ending.
+    """
+    _check_rate(sample_rate)
+    if not 0 < frequency_hz < sample_rate / 2:
+        raise ValueError(f"frequency {frequency_hz} Hz must be between 0 and {sample_rate / 2:g} Hz")
+    if level_dbfs > 0:
+        raise ValueError(f"level {level_dbfs} dBFS is above full scale")
+    n = _samples(duration_ms, sample_rate)
+    return _finish(db_to_gain(level_dbfs) * _sine(frequency_hz, n, sample_rate))
+
+
+def dtmf(digits: str, sample_rate: int, *, tone_ms: int = 100, gap_ms: int = 60,
+         level_dbfs: float = -10.0) -> np.ndarray:
+    """DTMF digits (0-9 * # A-D), each a twin tone of `tone_ms` followed by `gap_ms` of silence.
+
+    `level_dbfs` is the peak of the summed pair; each tone gets half of it. The last gap is kept
+    so digits sent back to back stay separable.
+    """
+    _check_rate(sample_rate)
+    keys = digits.upper()
+    bad = sorted({d for d in keys if d not in DTMF_ROWS})
+    if not keys or bad:
+        raise ValueError(f"DTMF digits must be 0-9, *, #, A-D; got {digits!r}")
+    n_tone, n_gap = _samples(tone_ms, sample_rate), _samples(gap_ms, sample_rate)
+    if n_tone == 0:
+        raise ValueError("tone_ms must be at least one sample long")
+    amplitude = db_to_gain(level_dbfs) / 2
+    out = np.zeros(len(keys) * (n_tone + n_gap), dtype=np.float64)
+    for i, key in enumerate(keys):
+        start = i * (n_tone + n_gap)
+        out[start:start + n_tone] = amplitude * (_sine(DTMF_ROWS[key], n_tone, sample_rate)
+                                                 + _sine(DTMF_COLS[key], n_tone, sample_rate))
+    return _finish(out)
