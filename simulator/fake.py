@@ -115,6 +115,11 @@ class SimCall:
         return list(self.media.marks_cleared)
 
     @property
+    def mark_positions(self) -> list[tuple[str, int, int]]:
+        """(name, playout sample when echoed, sample where the audio before it ended)."""
+        return list(self.media.mark_positions)
+
+    @property
     def errors_sent(self) -> list[dict[str, Any]]:
         return list(self.media.errors_sent)
 

@@ -241,6 +241,8 @@ class StreamState:
     received: list[tuple[float, bytes]] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     marks_cleared: list[str] = field(default_factory=list)  # echoed because of a clear
+    # (name, playout position in samples when echoed, end of the audio queued before it)
+    mark_positions: list[tuple[str, int, int]] = field(default_factory=list)
     errors_sent: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)  # every frame but media, as sent
     stats: StreamStats = field(default_factory=StreamStats)
@@ -428,8 +430,9 @@ class MediaStream:
         await self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
                                "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
 
-    async def _echo_mark(self, name: str, cleared: bool = False) -> None:
+    async def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
         self.seq += 1
+        self.state.mark_positions.append((name, self.state.recorder.position(time.monotonic()), due))
         self.state.marks_echoed.append(name)
         if cleared:
             self.state.marks_cleared.append(name)
@@ -494,13 +497,13 @@ class MediaStream:
         return base64.b64encode(g711.encode(pcm, self.params.media_encoding,
                                             l16_byteorder=self.params.l16_byteorder)).decode()
 
-    def due_marks(self, now: float) -> list[str]:
+    def due_marks(self, now: float) -> list[tuple[int, str]]:
         if not self._pending_marks:
             return []
         pos = self.state.recorder.position(now)
-        due: list[str] = []
+        due: list[tuple[int, str]] = []
         while self._pending_marks and self._pending_marks[0][0] <= pos:
-            due.append(self._pending_marks.popleft()[1])
+            due.append(self._pending_marks.popleft())
         return due
 
     # ---- frames the app sends --------------------------------------------------------------
@@ -580,14 +583,15 @@ class MediaStream:
         rec = self.state.recorder
         now = time.monotonic()
         if rec.play_end <= rec.position(now) and not self._pending_marks:
-            await self._echo_mark(name)
+            await self._echo_mark(name, rec.play_end)
         else:
             self._pending_marks.append((rec.play_end, name))
 
     async def _clear(self) -> None:
         self.state.recorder.truncate(time.monotonic())
         while self._pending_marks:
-            await self._echo_mark(self._pending_marks.popleft()[1], cleared=True)
+            due, name = self._pending_marks.popleft()
+            await self._echo_mark(name, due, cleared=True)
 
 
 def _looks_like_mp3(data: bytes) -> bool:
@@ -694,8 +698,8 @@ class MediaEngine:
                 ws = stream.ws
                 if ws is None or stream.closing:
                     continue
-                for name in stream.due_marks(now):
-                    await stream._echo_mark(name)
+                for due, name in stream.due_marks(now):
+                    await stream._echo_mark(name, due)
                 frames = stream.tick(now)
                 if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                     stream.state.stats.frames_skipped += len(frames)

@@ -99,7 +99,9 @@ class RestFake:
     def start(self) -> None:
         self._server = make_server(self._host, self._port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self._server.daemon_threads = True  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sim-rest", daemon=True)
+        # A short poll interval keeps stop() quick (shutdown waits for the next poll).
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="sim-rest", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import telnyx
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
 
 from simulator import FakeTelnyx
 
@@ -31,6 +31,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str =
         time.sleep(0.005)
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
 class WebhookReceiver:
     """Records every webhook request (raw body text + headers); answers `status` after `delay_s`."""
 
@@ -40,8 +45,9 @@ class WebhookReceiver:
         self.delay_s = 0.0
         self.statuses: list[int] = []  # per request, consumed first; then `status`
         self._stop = threading.Event()
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
 
     @property

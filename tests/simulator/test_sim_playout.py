@@ -1,0 +1,203 @@
+"""What the caller hears: queueing, marks, clear, chunk bounds, modes, target legs, error frames."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import telnyx
+
+from simulator import FakeTelnyx, SimCall, g711
+from tests.simulator.conftest import StreamServer, WebhookReceiver, rtp_params, wait_until
+
+
+def streaming_call(fake: FakeTelnyx, client: telnyx.Telnyx, url: str, **params) -> SimCall:
+    call = fake.place_call()
+    client.calls.actions.answer(call.call_control_id)
+    client.calls.actions.start_streaming(call.call_control_id, **(rtp_params(url, **params) if params.get(
+        "stream_bidirectional_mode", "rtp") == "rtp" else {"stream_url": url, **params}))
+    call.wait_streaming()
+    return call
+
+
+def tone_pcm(ms: int, freq: float = 440.0, rate: int = 8000, level: float = 0.3) -> np.ndarray:
+    t = np.arange(rate * ms // 1000) / rate
+    # Offset keeps every sample away from zero, so "silence" and "audio" never look alike.
+    return np.rint((0.05 + level * np.sin(2 * np.pi * freq * t)) * 32767).astype(np.int16)
+
+
+def media(pcm: np.ndarray, encoding: str = "PCMU") -> dict:
+    return {"event": "media", "media": {"payload": base64.b64encode(g711.encode(pcm, encoding)).decode()}}
+
+
+def mark(name: str) -> dict:
+    return {"event": "mark", "mark": {"name": name}}
+
+
+def test_mark_with_nothing_queued_comes_back_at_once(fake, client, stream_server: StreamServer):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(mark("idle"))
+    call.wait_mark("idle")
+    name, echoed_at, due = call.mark_positions[0]
+    assert name == "idle" and due <= echoed_at
+
+
+def test_mark_comes_back_after_the_audio_before_it_has_played(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(media(tone_pcm(300)))
+    stream_server.send(mark("after-300ms"))
+    call.wait_mark("after-300ms")
+    (_name, echoed_at, due), = call.mark_positions
+    assert due >= 2400  # 300 ms at 8 kHz were queued before the mark
+    assert echoed_at >= due  # echoed only once that audio had played
+    assert call.marks_cleared == []
+
+
+def test_heard_audio_is_what_was_sent_back_to_back_sample_exact(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url)
+    chunks = [tone_pcm(400, f) for f in (300.0, 500.0, 700.0)]
+    for chunk in chunks:
+        stream_server.send(media(chunk))
+    stream_server.send(mark("done"))
+    call.wait_mark("done")
+    start = call.media.recorder.segments[0][0]
+    expected = np.concatenate([g711.decode(g711.encode(c, "PCMU"), "PCMU") for c in chunks])
+    heard = call.heard_pcm()
+    assert np.array_equal(heard[start:start + len(expected)], expected)
+    assert not heard[:start].any()  # before our first chunk the caller heard silence
+    assert [len(p) for _, p in call.received] == [3200, 3200, 3200]
+
+
+def test_clear_drops_queued_audio_returns_queued_marks_and_keeps_accepting(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(media(tone_pcm(5000)))
+    stream_server.send(mark("long"))
+    stream_server.send({"event": "clear"})
+    call.wait_mark("long")
+    assert call.marks_cleared == ["long"]
+    heard_after_clear = len(call.heard_pcm())
+    assert call.media.recorder.play_end < 5 * 8000  # the rest of the 5 s chunk was dropped
+    stream_server.send(media(tone_pcm(100, 1000.0)))
+    stream_server.send(mark("post-clear"))
+    call.wait_mark("post-clear")
+    assert call.marks_cleared == ["long"]
+    heard = call.heard_pcm()
+    assert heard[heard_after_clear:].any()  # audio sent after a clear is played
+    assert stream_server.frames("error") == []
+
+
+def test_chunks_outside_20ms_to_30s_are_rejected(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(media(tone_pcm(10)))
+    stream_server.send(media(np.zeros(30 * 8000 + 160, dtype=np.int16)))
+    call.wait_errors(2)
+    too_short, too_long = call.errors_sent
+    assert too_short["payload"]["code"] == too_long["payload"]["code"] == 100004
+    assert too_short["payload"]["title"] == "invalid_media"
+    assert "20 ms to 30 s" in too_short["payload"]["detail"] and "(got 10 ms)" in too_short["payload"]["detail"]
+    assert call.media.recorder.play_end == 0  # nothing was queued
+    stream_server.send(media(tone_pcm(20)))
+    stream_server.send(media(np.zeros(30 * 8000, dtype=np.int16)))
+    stream_server.send(mark("ok"))
+    wait_until(lambda: call.media.recorder.play_end >= 30 * 8000 + 160, what="both bounds accepted")
+    assert len(call.errors_sent) == 2
+
+
+def test_l16_odd_byte_count_is_invalid_media(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url, stream_bidirectional_codec="L16",
+                          stream_bidirectional_sampling_rate=16000)
+    stream_server.send({"event": "media", "media": {"payload": base64.b64encode(bytes(641)).decode()}})
+    call.wait_errors(1)
+    assert call.errors_sent[0]["payload"]["code"] == 100004
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    (b"\x00\x01binary", 100003),
+    ("[1, 2]", 100003),
+    ('{"event": "start"}', 100003),
+    ('{"event": "media", "media": {}}', 100003),
+    ('{"event": "mark", "mark": {"name": 7}}', 100003),
+    ('{"event": "media", "media": {"payload": "***not base64***"}}', 100004),
+])
+def test_frames_other_than_ours_get_error_frames(fake, client, stream_server, message, code):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(message)
+    call.wait_errors(1)
+    assert call.errors_sent[0]["payload"]["code"] == code
+    stream_server.send(mark("still-open"))
+    call.wait_mark("still-open")  # the socket stays usable after an error
+
+
+def test_mp3_mode_is_the_default_and_ignores_raw_audio(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url, stream_bidirectional_mode="mp3",
+                          stream_bidirectional_target_legs="self")
+    stream_server.send(media(tone_pcm(200)))
+    stream_server.send(mark("raw"))
+    call.wait_mark("raw")
+    assert call.media.stats.media_ignored == 1
+    assert not call.heard_pcm().any()
+
+
+def test_mp3_mode_plays_mp3_files_once_per_second(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url, stream_bidirectional_mode="mp3",
+                          stream_bidirectional_target_legs="self")
+    buf = io.BytesIO()
+    sf.write(buf, tone_pcm(300).astype(np.float32) / 32768, 8000, format="MP3")
+    frame = {"event": "media", "media": {"payload": base64.b64encode(buf.getvalue()).decode()}}
+    stream_server.send(frame)
+    stream_server.send(frame)
+    stream_server.send(mark("mp3"))
+    call.wait_errors(1)
+    assert call.errors_sent[0]["payload"] == {"code": 100005, "title": "rate_limit_reached",
+                                              "detail": "Too many requests"}
+    call.wait_mark("mp3")
+    assert np.abs(call.heard_pcm()).max() > 3000
+
+
+def test_default_target_leg_opposite_leaves_the_lone_caller_in_silence(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url, stream_bidirectional_target_legs="opposite")
+    stream_server.send(media(tone_pcm(100)))
+    stream_server.send(mark("played-elsewhere"))
+    call.wait_mark("played-elsewhere")
+    assert call.media.recorder.play_end > 0
+    assert not call.heard_pcm().any()
+
+
+def test_drop_and_reconnect_keep_the_call(fake, client, stream_server, receiver: WebhookReceiver):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_id = call.stream_id
+    call.drop_socket()
+    assert call.streaming_status == "dropped"
+    assert stream_server.frames("stop") == []
+    assert call.reconnect() == stream_id
+    starts = stream_server.wait_frames("start", 2)
+    assert [s["stream_id"] for s in starts] == [stream_id, stream_id]
+    assert [f["event"] for f in stream_server.frames()].count("connected") == 2
+    stream_server.send(mark("after-reconnect"))
+    call.wait_mark("after-reconnect")
+    assert "streaming.stopped" not in receiver.event_types(call.call_control_id)
+
+
+def test_app_closing_the_socket_is_recorded(fake, client, receiver):
+    server = StreamServer(reject_token="right")
+    try:
+        call = streaming_call(fake, client, server.url, stream_auth_token="wrong")
+        call.wait_status("closed_by_app")
+        assert call.close_code == 1008
+        receiver.wait_for("streaming.stopped")
+    finally:
+        server.close()
+
+
+def test_heard_audio_saves_as_wav(fake, client, stream_server, tmp_path):
+    call = streaming_call(fake, client, stream_server.url)
+    stream_server.send(media(tone_pcm(100)))
+    stream_server.send(mark("m"))
+    call.wait_mark("m")
+    call.hangup()
+    data, rate = sf.read(call.save_wav(tmp_path / "heard.wav"), dtype="int16")
+    assert rate == 8000
+    assert np.array_equal(data, call.heard_pcm())
