@@ -396,7 +396,7 @@ class FakeTelnyx:
         elif action == "streaming_stop":
             self._stop_stream(call, body)
         elif action == "hangup" and self._begin_hangup(call, "normal_clearing"):
-            self.engine.submit(self._finish_hangup(call, "normal_clearing", "callee", body.get("client_state")))
+            self.engine.spawn(self._finish_hangup(call, "normal_clearing", "callee", body.get("client_state")))
         # playback_start / playback_stop: accepted and recorded; the simulator plays no files.
         return True
 
@@ -420,7 +420,7 @@ class FakeTelnyx:
             old = call.stream
             call.stream_params, call.stream_id = params, stream_id
             call.streaming_status = "connecting"
-        self.engine.submit(self._restart(call, old, params, stream_id, webhook=True))
+        self.engine.spawn(self._restart(call, old, params, stream_id, webhook=True))
 
     def _stop_stream(self, call: SimCall, body: dict[str, Any]) -> None:
         wanted = body.get("stream_id")
@@ -437,7 +437,7 @@ class FakeTelnyx:
             call._set_status("stopped")
             self._webhook(call, "streaming.stopped", call._payload(stream_url=stream.params.url))
 
-        self.engine.submit(stop())
+        self.engine.spawn(stop())
 
     # ---- loop-side work --------------------------------------------------------------------
 

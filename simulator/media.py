@@ -615,6 +615,11 @@ def _decode_mp3(data: bytes, rate: int) -> Int16Array | None:
     return to_pcm16(resample(mono, int(file_rate), rate))
 
 
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("simulator task failed", exc_info=future.exception())
+
+
 class MediaEngine:
     """The shared loop thread and 20 ms ticker for every stream of a FakeTelnyx."""
 
@@ -672,6 +677,10 @@ class MediaEngine:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Fire and forget from another thread; a failure is logged, not lost."""
+        self.submit(coro).add_done_callback(_log_failure)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(fn)

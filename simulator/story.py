@@ -19,9 +19,9 @@ from simulator.fake import FakeTelnyx, SimCall
 
 logger = logging.getLogger(__name__)
 
-# Audio arriving within this long after the previous chunk ran out is a hole the caller hears;
-# longer gaps are the server idling with nothing to play.
-HOLE_LIMIT_S = 0.5
+# Audio arriving up to this long after the previous chunk ran out is a late frame (a hole the
+# caller hears); longer gaps are the server idling between injections.
+HOLE_LIMIT_S = 0.1
 
 
 @dataclass(frozen=True)
