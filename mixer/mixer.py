@@ -294,6 +294,8 @@ class Mixer:
         acc, tmp, steps = self._acc, self._tmp, self._steps
         with self._lock:
             if not self._tracks:
+                # Silence is a full release: the next sound starts without leftover gain reduction.
+                self._limiter.gain_db = 0.0
                 return None
             acc.fill(0.0)
             duck_gain = self._duck.advance(n, self._detector.speaking)

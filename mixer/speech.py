@@ -30,7 +30,7 @@ _CHARS_UTF8 = 1
 _EE_OK = 0
 
 # Guards the espeak-ng library (process-global state) and the module's one engine instance.
-_ESPEAK_LOCK = threading.Lock()
+_ESPEAK_LOCK = threading.RLock()  # re-entrant: default_engine() holds it while an engine starts
 _default_engine: EspeakEngine | None = None
 
 
@@ -98,19 +98,20 @@ class EspeakEngine:
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_Synth.restype = ctypes.c_int
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(), _INIT_DONT_EXIT)
-        if rate <= 0:
-            raise SpeechUnavailable(f"text to speech is not available: espeak-ng did not start (data at {data_path}).")
         self._lib = lib
-        self.sample_rate = rate
         self._chunks: list[np.ndarray] = []
         self._max_samples: int | None = None
         self._collected = 0
         self._overflow = False
         # ctypes must keep the callback object alive as long as espeak may call it.
         self._callback = _SynthCallback(self._on_samples)
-        lib.espeak_SetSynthCallback(self._callback)
-        self._lookup, self._voices = self._list_voices()
+        with _ESPEAK_LOCK:
+            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(), _INIT_DONT_EXIT)
+            if rate <= 0:
+                raise SpeechUnavailable(f"text to speech is not available: espeak-ng did not start "
+                                        f"(data at {data_path}).")
+            self._lookup, self._voices = self._list_voices()
+        self.sample_rate = rate
         variants = Path(data_path) / "voices" / "!v"
         self._variants = {p.name.lower(): p.name for p in variants.iterdir()} if variants.is_dir() else {}
 
@@ -173,6 +174,8 @@ class EspeakEngine:
         encoded = text.encode("utf-8")
         with _ESPEAK_LOCK:
             espeak_voice = self.resolve(voice, language)
+            # The callback is process-wide too: claim it for this engine every time.
+            self._lib.espeak_SetSynthCallback(self._callback)
             if self._lib.espeak_SetVoiceByName(espeak_voice.encode()) != _EE_OK:
                 raise UnknownVoice(f"voice {espeak_voice!r} could not be loaded.")
             self._chunks, self._collected, self._overflow = [], 0, False

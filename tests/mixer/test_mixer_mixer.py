@@ -337,3 +337,13 @@ def test_control_from_other_threads_while_mixing():
             mixer.stop_all()
     worker.join()
     assert errors == [] and frames > 0
+
+
+def test_limiter_starts_fresh_after_the_mixer_went_idle():
+    mixer = Mixer(G8)
+    mixer.add("burst", tone(300, 40, 8000, 0.0), gain_db=12)
+    run(mixer)
+    quiet = tone(500, 100, 8000, -20)
+    mixer.add("quiet", quiet)
+    pcm, _ = run(mixer)
+    assert np.array_equal(pcm[:len(quiet)], float_to_pcm16(quiet))
