@@ -31,7 +31,15 @@ import numpy as np
 import soundfile as sf
 
 from simulator.audio import CallerAudio, Int16Array, to_pcm16
-from simulator.media import CallIdentity, MediaEngine, MediaStream, StreamParams, StreamState, is_loopback_url
+from simulator.media import (
+    CallIdentity,
+    MediaEngine,
+    MediaStream,
+    StreamParams,
+    StreamState,
+    is_loopback_url,
+    probe_socket,
+)
 from simulator.rest import CommandRejected, RecordedCommand, RestFake
 from simulator.webhooks import Delivery, WebhookEvent, WebhookSender, WebhookSigner, iso_now, make_event
 
@@ -165,6 +173,20 @@ class SimCall:
         stream = self._live_stream()
         for digit in digits:
             self._fake.engine.submit(stream.send_dtmf(digit)).result(timeout)
+
+    def send_raw(self, message: str | bytes, timeout: float = 5.0) -> None:
+        """Send any frame (text or binary) to the app on the live socket, as if from Telnyx."""
+        stream = self._live_stream()
+        self._fake.engine.submit(stream.send_raw(message)).result(timeout)
+
+    def idle(self) -> bool:
+        """True when nothing the app sent is still queued for playout."""
+        rec = self.media.recorder
+        return rec.origin is None or rec.play_end <= rec.position(time.monotonic())
+
+    @property
+    def clears_received(self) -> int:
+        return self.media.clears_received
 
     def drop_socket(self, timeout: float = 5.0) -> None:
         """Lose the connection without `stop` (network failure)."""
@@ -310,7 +332,24 @@ class FakeTelnyx:
         return self.sender.deliveries if self.sender else []
 
     def fail_next(self, action: str, status: int = 500, times: int = 1, delay_s: float = 0.0) -> None:
+        """See RestFake.fail_next: the next `times` `action` commands ("*" = any) answer `status`."""
         self.rest.fail_next(action, status, times, delay_s)
+
+    def sign(self, body: bytes | str, timestamp: str | int) -> str:
+        """The telnyx-signature-ed25519 value for `body` sent with `timestamp` (for hand-made webhooks)."""
+        text = body.decode() if isinstance(body, bytes) else body
+        return self.signer.headers(text, int(timestamp))["telnyx-signature-ed25519"]
+
+    def probe_socket(self, url: str, *, auth_token: str | None = None, timeout: float = 5.0) -> int | None:
+        """Open a bare stream socket to `url` as Telnyx would (connected + start for an unknown call)
+        and return the app's close code; None if it stayed open for `timeout` s."""
+        if not self.allow_non_loopback and not is_loopback_url(url):
+            raise ValueError(f"refusing non-loopback stream URL {url!r}")
+        start = {"event": "start", "sequence_number": "1", "stream_id": str(uuid.uuid4()),
+                 "start": {"user_id": self.user_id, "call_control_id": "v3:probe-" + secrets.token_urlsafe(8),
+                           "call_session_id": str(uuid.uuid4()), "from": "+15550100001", "to": "+15550100002",
+                           "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
+        return self.engine.submit(probe_socket(url, auth_token, start, timeout)).result(timeout * 2 + 5)
 
     def clear_faults(self) -> None:
         self.rest.clear_faults()

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from simulator import g711
 from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
@@ -151,6 +151,37 @@ class CallIdentity:
     tags: tuple[str, ...] = ()
 
 
+async def probe_socket(url: str, auth_token: str | None, start_frame: dict[str, Any], timeout: float) -> int | None:
+    """Connect as Telnyx would, send `connected` + `start`, and report how the app closes.
+
+    Returns the close code the app sent (1006 if the connection just dropped), or None if the
+    app kept the socket open for `timeout` seconds.
+    """
+    headers = {"x-telnyx-streaming-auth-token": auth_token} if auth_token is not None else {}
+    connected: dict[str, Any] = {"event": "connected", "version": "1.0.0"}
+    if auth_token is not None:
+        connected["x-telnyx-streaming-auth-token"] = auth_token
+    try:
+        ws = await connect(url, additional_headers=headers, compression=None, proxy=None, open_timeout=timeout,
+                           ping_interval=None, user_agent_header=None)
+    except InvalidStatus as exc:
+        return int(exc.response.status_code)
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(_dumps(connected))
+            await ws.send(_dumps(start_frame))
+        try:
+            async with asyncio.timeout(timeout):
+                with contextlib.suppress(ConnectionClosed):
+                    async for _ in ws:
+                        pass
+        except TimeoutError:
+            return None
+        return ws.close_code
+    finally:
+        await ws.close()
+
+
 class Recorder:
     """What the caller heard, on a sample-exact playout timeline shared by a call's streams.
 
@@ -241,6 +272,7 @@ class StreamState:
     received: list[tuple[float, bytes]] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     marks_cleared: list[str] = field(default_factory=list)  # echoed because of a clear
+    clears_received: int = 0
     # (name, playout position in samples when echoed, end of the audio queued before it)
     mark_positions: list[tuple[str, int, int]] = field(default_factory=list)
     errors_sent: list[dict[str, Any]] = field(default_factory=list)
@@ -423,6 +455,12 @@ class MediaStream:
         self.state.sent.append(frame)
         await self.ws.send(_dumps(frame))
 
+    async def send_raw(self, message: str | bytes) -> None:
+        """Anything at all, as Telnyx's side of the socket (for robustness tests of the app)."""
+        if self.ws is None or self.closing:
+            raise RuntimeError("stream is not connected")
+        await self.ws.send(message)
+
     async def send_dtmf(self, digit: str) -> None:
         if self.ws is None or self.closing:
             raise RuntimeError("stream is not connected")
@@ -588,6 +626,7 @@ class MediaStream:
             self._pending_marks.append((rec.play_end, name))
 
     async def _clear(self) -> None:
+        self.state.clears_received += 1
         self.state.recorder.truncate(time.monotonic())
         while self._pending_marks:
             due, name = self._pending_marks.popleft()

@@ -166,7 +166,8 @@ class RestFake:
             return _json(404, {"errors": [{"code": "10005", "title": "Resource not found",
                                            "detail": f"No route for {request.method} {request.path}."}]})
         action, ccid = str(args["action"]), str(args["call_control_id"])
-        headers = dict(request.headers.items())
+        # Lower-case names: HTTP header names are case-insensitive, lookups should not be.
+        headers = {k.lower(): v for k, v in request.headers.items()}
         raw = request.get_data(as_text=True)
         try:
             body: Any = json.loads(raw) if raw.strip() else {}

@@ -201,3 +201,32 @@ def test_heard_audio_saves_as_wav(fake, client, stream_server, tmp_path):
     data, rate = sf.read(call.save_wav(tmp_path / "heard.wav"), dtype="int16")
     assert rate == 8000
     assert np.array_equal(data, call.heard_pcm())
+
+
+def test_send_raw_idle_and_clear_count(fake, client, stream_server):
+    call = streaming_call(fake, client, stream_server.url)
+    call.send_raw('{"event": "bogus"}')
+    call.send_raw(b"\x00binary")
+    wait_until(lambda: len(stream_server.messages) >= 4 and b"\x00binary" in stream_server.messages,
+               what="raw frames")
+    assert '{"event": "bogus"}' in stream_server.messages
+    assert call.idle()
+    stream_server.send(media(tone_pcm(5000)))
+    wait_until(lambda: not call.idle(), what="audio queued")
+    stream_server.send({"event": "clear"})
+    wait_until(lambda: call.clears_received == 1, what="clear")
+    assert call.idle()
+
+
+def test_probe_socket_reports_how_the_app_closes(fake):
+    rejecting = StreamServer(reject_token="right")
+    try:
+        assert fake.probe_socket(rejecting.url, auth_token="wrong") == 1008
+        assert fake.probe_socket(rejecting.url, auth_token="right", timeout=0.2) is None
+        connected = rejecting.frames("connected")
+        assert connected[0] == {"event": "connected", "version": "1.0.0", "x-telnyx-streaming-auth-token": "wrong"}
+        assert rejecting.headers[0]["x-telnyx-streaming-auth-token"] == "wrong"
+        start = rejecting.frames("start")[-1]
+        assert start["start"]["media_format"] == {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
+    finally:
+        rejecting.close()

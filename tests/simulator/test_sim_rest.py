@@ -28,7 +28,7 @@ def test_base_url_and_ok_answer(fake: FakeTelnyx, client: telnyx.Telnyx):
     recorded = fake.commands[0]
     assert (recorded.action, recorded.call_control_id, recorded.status) == ("answer", call.call_control_id, 200)
     assert recorded.body == {"command_id": "c1"}
-    assert recorded.headers["Authorization"] == "Bearer KEY123"
+    assert recorded.headers["authorization"] == "Bearer KEY123"
 
 
 def test_wrong_or_missing_key_is_401(fake):
@@ -138,7 +138,7 @@ def test_server_errors_are_retried_by_the_sdk_and_recorded(fake, receiver):
     fake.fail_next("answer", status=503)
     assert client.calls.actions.answer(call.call_control_id, command_id="r1").data.result == "ok"
     assert [(c.status, c.executed, c.command_id) for c in fake.commands] == [(503, False, "r1"), (200, True, "r1")]
-    assert fake.commands[1].headers["X-Stainless-Retry-Count"] == "1"
+    assert fake.commands[1].headers["x-stainless-retry-count"] == "1"
     client.close()
 
 

@@ -163,3 +163,13 @@ def test_commands_are_answered_before_webhooks_arrive(fake, client, receiver):
     receiver.wait_for("call.answered")
     receiver.delay_s = 0
 
+
+
+def test_sign_makes_hand_built_webhooks_verifiable(fake):
+    body = '{"data": {"event_type": "call.initiated", "id": "x", "payload": {}}}'
+    ts = "1700000000"
+    signature = fake.sign(body.encode(), ts)
+    import base64
+
+    from nacl.signing import VerifyKey
+    VerifyKey(base64.b64decode(fake.public_key)).verify(f"{ts}|{body}".encode(), base64.b64decode(signature))
