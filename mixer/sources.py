@@ -138,6 +138,19 @@ def silence(duration_ms: int, sample_rate: int) -> np.ndarray:
     return np.zeros(_samples(duration_ms, sample_rate), dtype=np.float32)
 
 
+EDGE_TAPER_MS = 2  # synthetic bursts start and stop on a short raised cosine instead of a click
+
+
+def _taper(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Raised-cosine fade over the first and last EDGE_TAPER_MS of `x` (in place; returns it)."""
+    k = min(_samples(EDGE_TAPER_MS, sample_rate), len(x) // 2)
+    if k:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(k) / k)
+        x[:k] *= ramp
+        x[len(x) - k:] *= ramp[::-1]
+    return x
+
+
 def _sine(frequency_hz: float, n: int, sample_rate: int) -> np.ndarray:
     t = np.arange(n, dtype=np.float64) / sample_rate
     return np.sin(2.0 * np.pi * frequency_hz * t)
@@ -146,7 +159,7 @@ def _sine(frequency_hz: float, n: int, sample_rate: int) -> np.ndarray:
 def tone(frequency_hz: float, duration_ms: int, sample_rate: int, level_dbfs: float = -10.0) -> np.ndarray:
     """A sine of `frequency_hz` lasting `duration_ms`, peak level `level_dbfs` (0 dBFS = full scale).
 
-    Starts at phase 0 (a zero sample); the mixer's fades take care of a non-zero ending.
+    Starts at phase 0, and both ends are tapered over EDGE_TAPER_MS so the tone never clicks.
     """
     _check_rate(sample_rate)
     if not 0 < frequency_hz < sample_rate / 2:
@@ -154,15 +167,15 @@ def tone(frequency_hz: float, duration_ms: int, sample_rate: int, level_dbfs: fl
     if level_dbfs > 0:
         raise ValueError(f"level {level_dbfs} dBFS is above full scale")
     n = _samples(duration_ms, sample_rate)
-    return _finish(db_to_gain(level_dbfs) * _sine(frequency_hz, n, sample_rate))
+    return _finish(_taper(db_to_gain(level_dbfs) * _sine(frequency_hz, n, sample_rate), sample_rate))
 
 
 def dtmf(digits: str, sample_rate: int, *, tone_ms: int = 100, gap_ms: int = 60,
          level_dbfs: float = -10.0) -> np.ndarray:
     """DTMF digits (0-9 * # A-D), each a twin tone of `tone_ms` followed by `gap_ms` of silence.
 
-    `level_dbfs` is the peak of the summed pair; each tone gets half of it. The last gap is kept
-    so digits sent back to back stay separable.
+    `level_dbfs` is the peak of the summed pair; each tone gets half of it. Each burst is tapered
+    like a tone. The last gap is kept so digits sent back to back stay separable.
     """
     _check_rate(sample_rate)
     keys = digits.upper()
@@ -176,6 +189,6 @@ def dtmf(digits: str, sample_rate: int, *, tone_ms: int = 100, gap_ms: int = 60,
     out = np.zeros(len(keys) * (n_tone + n_gap), dtype=np.float64)
     for i, key in enumerate(keys):
         start = i * (n_tone + n_gap)
-        out[start:start + n_tone] = amplitude * (_sine(DTMF_ROWS[key], n_tone, sample_rate)
-                                                 + _sine(DTMF_COLS[key], n_tone, sample_rate))
+        burst = amplitude * (_sine(DTMF_ROWS[key], n_tone, sample_rate) + _sine(DTMF_COLS[key], n_tone, sample_rate))
+        out[start:start + n_tone] = _taper(burst, sample_rate)
     return _finish(out)

@@ -180,6 +180,12 @@ def test_tone_frequency_length_and_peak_level(rate):
     assert abs(dominant_hz(x.astype(np.float64), rate) - 1000) < 1
 
 
+def test_tone_ends_do_not_click():
+    x = sources.tone(1000, 103, 8000, level_dbfs=0.0)  # stops mid-cycle
+    assert x[0] == 0.0 and abs(x[-1]) < 0.01
+    assert np.max(np.abs(np.diff(x))) <= np.max(np.abs(np.diff(x[100:700]))) + 1e-6
+
+
 def test_tone_default_level_is_minus_10_dbfs_peak():
     x = sources.tone(400, 100, 8000)
     assert abs(20 * np.log10(np.max(np.abs(x))) + 10) < 0.01
