@@ -45,6 +45,7 @@ import numpy as np
 import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from simulator import g711
 from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
@@ -163,21 +164,23 @@ async def probe_socket(url: str, auth_token: str | None, start_frame: dict[str, 
         connected["x-telnyx-streaming-auth-token"] = auth_token
     try:
         ws = await connect(url, additional_headers=headers, compression=None, proxy=None, open_timeout=timeout,
-                           ping_interval=None, user_agent_header=None)
+                           ping_interval=None, user_agent_header=None, close_timeout=1)
     except InvalidStatus as exc:
         return int(exc.response.status_code)
     try:
         with contextlib.suppress(ConnectionClosed):
             await ws.send(_dumps(connected))
             await ws.send(_dumps(start_frame))
-        try:
-            async with asyncio.timeout(timeout):
-                with contextlib.suppress(ConnectionClosed):
-                    async for _ in ws:
-                        pass
-        except TimeoutError:
-            return None
-        return ws.close_code
+        # Poll for the close frame itself: the TCP close that ends `recv` can lag well behind it.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rcvd = ws.protocol.close_rcvd
+            if rcvd is not None:
+                return rcvd.code
+            if ws.protocol.state is State.CLOSED:
+                return ws.close_code
+            await asyncio.sleep(0.01)
+        return None
     finally:
         await ws.close()
 
