@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
-from mixer.mixer import DuckingConfig
 
 import errors
 from config import Config, ConfigError, load_config
 from eventlog import EventLog
+from mixer.mixer import DuckingConfig
 from streams import api, socket
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
@@ -97,7 +97,7 @@ def serve(cfg: Config) -> None:
     """
     from gunicorn.app.base import BaseApplication
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         def load_config(self) -> None:
             options = {
                 "bind": f"{cfg.HOST}:{cfg.PORT}",

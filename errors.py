@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,11 @@ _HTTP_CODES = {
 
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
         return jsonify(exc.body()), exc.status
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         code, message = _HTTP_CODES.get(status, ("http_error", exc.description or "HTTP error."))
         if status == 413:
@@ -58,7 +58,7 @@ def register(app: Flask) -> None:
         return response, status
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
         logger.exception("unhandled error: %s", exc)
         return jsonify({"error": {"code": "internal_error",
                                   "message": "The server hit an unexpected error; it is logged."}}), 500

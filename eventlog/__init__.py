@@ -105,7 +105,8 @@ class EventLog:
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Events in log order after `after_id`; returns (items, next cursor or None)."""
-        where, args = ["id > ?"], [after_id]
+        where: list[str] = ["id > ?"]
+        args: list[object] = [after_id]
         if call_control_id:
             where.append("call_control_id = ?")
             args.append(call_control_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,7 +212,7 @@ def _parse_stop(msg: dict[str, Any]) -> Stop:
     return Stop(call_control_id=ccid, stream_id=_opt_str(msg, "stream_id"))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Frame]] = {
     "connected": _parse_connected,
     "start": _parse_start,
     "media": _parse_media,

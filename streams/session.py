@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from eventlog import EventLog, utc_now
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
 from mixer.pacer import PacerStats, run_pacer
-
-from eventlog import EventLog, utc_now
 from streams import protocol
 from streams.connection import Connection
 from streams.metrics import Metrics
@@ -347,11 +347,11 @@ class CallSession:
     def _after_frame(self, conn: Connection, finished: tuple[str, ...]) -> None:
         marks = []
         with self._lock:
-            for inj in self._not_started:
-                if inj.status == "created":
-                    inj.status = "playing"
-                    inj.started_at = utc_now()
-                    self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
+            for waiting in self._not_started:
+                if waiting.status == "created":
+                    waiting.status = "playing"
+                    waiting.started_at = utc_now()
+                    self._log.record("injection.playing", self.call_control_id, injection_id=waiting.id)
             self._not_started.clear()
             for key in finished:
                 inj = self.injections.get(key)

@@ -1,0 +1,71 @@
+"""`python app.py` as an operator runs it: a real process, a real call, then SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from livecall import API_KEY, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bad_config_stops_start_up_naming_the_key(tmp_path):
+    env = {**os.environ, "STREAM_CODEC": "G729", "DATABASE_PATH": str(tmp_path / "db.sqlite3")}
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode != 0
+    assert "STREAM_CODEC" in done.stderr
+
+
+def test_sigterm_ends_calls_and_flushes_the_log(telnyx, tmp_path):
+    port = free_port()
+    db = tmp_path / "db.sqlite3"
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(db),
+           "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
+           "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
+    log_file = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(url), timeout=30, what="server start")
+        telnyx.webhook_url = f"{url}/webhooks/voice"
+        call = telnyx.place_call()
+        call.wait_streaming(timeout=10)
+        inj = httpx.post(f"{url}/streams/{call.call_control_id}/inject",
+                         json={"tone": {"frequency_hz": 300, "duration_ms": 500}, "loop": True}).json()
+        wait_until(lambda: len(call.heard_pcm()) > 1600, what="audio from the real server")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "server.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+    with sqlite3.connect(db) as conn:
+        status = conn.execute("SELECT status FROM calls WHERE call_control_id = ?",
+                              (call.call_control_id,)).fetchone()[0]
+        events = [r[0] for r in conn.execute("SELECT event FROM events ORDER BY id")]
+    assert status == "interrupted"
+    assert "injection.stopped" in events and events[-1] == "server.stopped"
+    assert inj["status"] == "created"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
