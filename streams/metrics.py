@@ -12,8 +12,8 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
 
 HELP = {
     "frames_sent_total": ("counter", "Media frames sent to Telnyx"),
-    "frames_late_total": ("counter", "Frames sent later than one frame after their deadline"),
-    "frames_skipped_total": ("counter", "Frame slots skipped when a pacer resynced after a stall"),
+    "frames_late_total": ("counter", "Media clock ticks that ran over a quarter frame late"),
+    "frames_skipped_total": ("counter", "Media clock ticks skipped when it resynced after a stall"),
     "frames_received_total": ("counter", "Media frames received from Telnyx"),
     "websocket_errors_total": ("counter", "Malformed or unexpected WebSocket frames, by reason"),
     "webhooks_total": ("counter", "Webhooks by outcome"),
@@ -21,7 +21,7 @@ HELP = {
     "injections_total": ("counter", "Injections by final status"),
     "active_sessions": ("gauge", "Calls with a live session"),
     "active_injections": ("gauge", "Injections created or playing"),
-    "frame_lateness_seconds": ("histogram", "Lateness of each sent frame against its deadline"),
+    "frame_lateness_seconds": ("histogram", "Lateness of each media clock tick against its deadline"),
 }
 
 Labels = tuple[tuple[str, str], ...]

@@ -7,6 +7,8 @@ import threading
 from collections import OrderedDict
 
 from eventlog import EventLog
+from mixer.pacer import PacerStats
+from streams.clock import MediaClock
 from streams.metrics import Metrics
 from streams.session import CallSession, SessionSettings
 
@@ -25,6 +27,10 @@ class SessionRegistry:
         self._by_stream: dict[str, CallSession] = {}
         # Calls that ended in this process, so a late webhook cannot revive them.
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self.clock = MediaClock(frame_seconds=settings.frame_ms / 1000, lead_seconds=settings.lead_ms / 1000,
+                                on_tick=self._report_clock)
+        self._reported = (0, 0, 0)
+        self.clock.start()
         metrics.gauge("active_sessions", lambda: len(self._by_call))
         metrics.gauge("active_injections", self._count_active_injections)
 
@@ -39,7 +45,7 @@ class SessionRegistry:
             session = self._by_call.get(call_control_id)
             if session is not None:
                 return session, False
-            session = CallSession(call_control_id, self.settings, self._log, self._metrics)
+            session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
             self._by_call[call_control_id] = session
         self._log.record("stream.opened", call_control_id)
         return session, True
@@ -71,9 +77,23 @@ class SessionRegistry:
             return list(self._by_call.values())
 
     def shutdown(self) -> None:
-        """SIGTERM: every live call is marked interrupted and its pacer stopped."""
+        """SIGTERM: every live call is marked interrupted, then the media clock stops."""
         for session in self.sessions():
             self.close(session, "interrupted", "server_shutdown")
+        self.clock.stop()
+
+    def _report_clock(self, stats: PacerStats) -> None:
+        """Runs on the clock's thread after each tick: move its counters into /metrics."""
+        sent, late, skipped = self.clock.frames, stats.late, stats.skipped
+        if (sent, late, skipped) == self._reported:
+            return
+        before = self._reported
+        self._metrics.inc("frames_sent_total", sent - before[0])
+        self._metrics.inc("frames_late_total", late - before[1])
+        self._metrics.inc("frames_skipped_total", skipped - before[2])
+        self._metrics.observe_lateness(stats.lateness)
+        del stats.lateness[:]  # the histogram keeps the distribution; the array would grow all call
+        self._reported = (sent, late, skipped)
 
     def _count_active_injections(self) -> float:
         return float(sum(s.active_injections() for s in self.sessions()))

@@ -1,9 +1,9 @@
-"""One call: its status, its mixer and injections, its media socket and its pacer thread.
+"""One call: its status, its mixer and injections, its media socket.
 
-Threads that touch a session: request threads (webhooks, REST), the socket's handler thread
-(inbound frames) and the call's pacer thread (outbound frames). `_lock` guards the session's
-mutable fields; the Mixer has its own lock; the Connection serialises socket writes. The pacer
-never touches the database or Flask: it only puts events on the event log's queue.
+Threads that touch a session: request threads (webhooks, REST), the socket's reader (inbound
+frames) and the process's media clock (outbound frames, through produce()). `_lock` guards the
+session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
+The clock never touches the database or Flask: it only puts events on the event log's queue.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from eventlog import EventLog, utc_now
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
-from mixer.pacer import PacerStats, run_pacer
 from streams import protocol
+from streams.clock import MediaClock
 from streams.connection import Connection
 from streams.metrics import Metrics
 
@@ -70,7 +70,7 @@ class Injection:
 
 class CallSession:
     def __init__(self, call_control_id: str, settings: SessionSettings, log: EventLog,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, clock: MediaClock) -> None:
         self.call_control_id = call_control_id
         self.settings = settings
         self._log = log
@@ -90,21 +90,14 @@ class CallSession:
         self._conn: Connection | None = None
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._clock = clock
         self.mixer = self._new_mixer()
-        self.pacer_stats = PacerStats()
-        self._pacer: threading.Thread | None = None
+        # Counted by the clock and the socket reader respectively; read for views only.
+        self.frames_sent = 0
         self.frames_received = 0
-        # Guards the _reported_* counters: the pacer, the socket thread and end() all flush.
-        self._metrics_lock = threading.Lock()
-        self._reported_sent = 0
-        self._reported_late = 0
-        self._reported_skipped = 0
-        self._reported_lateness = 0
 
     def _new_mixer(self) -> Mixer:
-        return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._wake.set)
+        return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.wake.set)
 
     @property
     def sample_rate(self) -> int:
@@ -124,7 +117,7 @@ class CallSession:
         self.save()
 
     def end(self, status: str, reason: str) -> None:
-        """Hang-up, stream failure, shutdown: stop the pacer and every injection; keep history."""
+        """Hang-up, stream failure, shutdown: leave the clock, stop every injection; keep history."""
         with self._lock:
             if not self.live:
                 return
@@ -136,15 +129,10 @@ class CallSession:
                 if inj.active:
                     self._finish(inj, "stopped", error=None)
             self._pending_marks.clear()
+        self._clock.remove(self)
         self.mixer.stop_all()
-        self._stop.set()
-        self._wake.set()
-        pacer = self._pacer
-        if pacer is not None and pacer is not threading.current_thread():
-            pacer.join(timeout=2)
         if conn is not None and status != "ended":
             conn.close(1000, reason)
-        self._flush_pacer_metrics()
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
 
@@ -172,15 +160,10 @@ class CallSession:
                 self.mixer.stop_all()
                 self.mixer = self._new_mixer()
             self._codec = codec
-            reconnect = old is not None or self._pacer is not None
-            if self._pacer is None:
-                self._pacer = threading.Thread(
-                    target=self._run_pacer, name=f"pacer-{self.call_control_id}", daemon=True
-                )
-                self._pacer.start()
+            reconnect = self.frames_sent > 0 or old is not None
         if old is not None and old is not conn:
             old.close(1000, "replaced by a new connection")
-        self._wake.set()
+        self._clock.add(self)
         self._log.record("stream.reconnected" if reconnect else "stream.started",
                          self.call_control_id, stream_id=start.stream_id,
                          encoding=fmt.encoding, sample_rate=fmt.sample_rate)
@@ -201,9 +184,9 @@ class CallSession:
                     self._finish(inj, "finished", error=None)
             if self.live:
                 self.status = "disconnected"
+        self._clock.remove(self)
         self._log.record("stream.stop_received" if stopped else "stream.disconnected",
                          self.call_control_id, stream_id=self.stream_id)
-        self._flush_pacer_metrics()
         self.save()
 
     def on_caller_audio(self, media: protocol.Media) -> None:
@@ -312,34 +295,19 @@ class CallSession:
             return inj.played_ms
         return int(self.mixer.played_samples(inj.id) * 1000 // self.geometry.sample_rate)
 
-    # -- the pacer thread -----------------------------------------------------------------------
+    # -- the media clock's thread -----------------------------------------------------------------
 
-    def _run_pacer(self) -> None:
-        try:
-            run_pacer(
-                self._produce,
-                frame_seconds=self.settings.frame_ms / 1000,
-                lead_seconds=self.settings.lead_ms / 1000,
-                stop=self._stop,
-                wake=self._wake,
-                stats=self.pacer_stats,
-            )
-        except Exception:
-            logger.exception("[%s] pacer crashed", self.call_control_id)
-            self._log.record("stream.pacer_failed", self.call_control_id)
-
-    def _produce(self) -> bool:
+    def produce(self) -> bool:
+        """Mix, encode and send one frame; False when there is nothing to play or nobody to hear it."""
         conn = self._conn
         if conn is None:
             return False
         frame = self.mixer.mix()
         if frame is None:
-            self._flush_pacer_metrics()
             return False
         if not conn.send(protocol.media_frame(self._codec.encode(frame.pcm))):
             return False
-        if self.pacer_stats.sent % 50 == 0:
-            self._flush_pacer_metrics()
+        self.frames_sent += 1
         if self._not_started or frame.finished:
             self._after_frame(conn, frame.finished)
         return True
@@ -362,22 +330,6 @@ class CallSession:
         for key in marks:
             # Named after the injection: Telnyx echoes it once the last frame has played.
             conn.send(protocol.mark_frame(key))
-
-    def _flush_pacer_metrics(self) -> None:
-        """Move the pacer's counters into the process metrics (deltas since last time)."""
-        with self._metrics_lock:
-            self._flush_pacer_metrics_locked()
-
-    def _flush_pacer_metrics_locked(self) -> None:
-        stats = self.pacer_stats
-        sent, late, skipped = stats.sent, stats.late, stats.skipped
-        self._metrics.inc("frames_sent_total", sent - self._reported_sent)
-        self._metrics.inc("frames_late_total", late - self._reported_late)
-        self._metrics.inc("frames_skipped_total", skipped - self._reported_skipped)
-        lateness = stats.lateness
-        self._metrics.observe_lateness(lateness[self._reported_lateness:])
-        self._reported_sent, self._reported_late, self._reported_skipped = sent, late, skipped
-        self._reported_lateness = len(lateness)
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -405,7 +357,6 @@ class CallSession:
         }
 
     def view(self) -> dict[str, Any]:
-        stats = self.pacer_stats
         with self._lock:
             injections = list(self.injections.values())
         return {
@@ -422,8 +373,7 @@ class CallSession:
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
             "caller_speaking": self.mixer.caller_speaking if self.live else False,
-            "frames": {"sent": stats.sent, "late": stats.late, "skipped": stats.skipped,
-                       "received": self.frames_received},
+            "frames": {"sent": self.frames_sent, "received": self.frames_received},
             "injections": [self.injection_view(inj) for inj in injections],
         }
 

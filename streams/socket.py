@@ -1,6 +1,6 @@
 """The /stream WebSocket that Telnyx connects to after streaming_start.
 
-One handler thread per socket reads Telnyx's frames; the call's pacer thread writes ours through
+One handler thread per socket reads Telnyx's frames; the media clock's thread writes ours through
 the same Connection. Malformed frames are counted and logged, never fatal. Cleanup is in
 `finally`, because flask-sock swallows ConnectionClosed outside the handler.
 """
@@ -13,10 +13,10 @@ from typing import Any
 
 from flask import Flask, request
 from flask_sock import Sock
-from mixer.errors import UnsupportedCodec
 from simple_websocket import ConnectionClosed
 
 from eventlog import EventLog
+from mixer.errors import UnsupportedCodec
 from streams import protocol
 from streams.connection import Connection
 from streams.metrics import Metrics
