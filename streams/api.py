@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -126,7 +127,7 @@ def patch_injection(key: str, inj_id: str) -> Response:
                        f"not {unknown[0]!r}.", unknown[0])
     if "gain_db" not in fields:
         raise ApiError(422, "invalid_field", "Send the new gain_db.", "gain_db")
-    gain = injections._number("gain_db", fields["gain_db"], -60, 12)
+    gain = injections.number("gain_db", fields["gain_db"], -60, 12)
     if not inj.active:
         raise ApiError(409, "injection_not_active", f"Injection {inj_id} is already {inj.status}.")
     if inj.mode != "mix":
@@ -237,8 +238,6 @@ def _injection_not_found(inj_id: str) -> ApiError:
 
 
 def _is_iso_time(text: str) -> bool:
-    from datetime import datetime
-
     try:
         datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -247,8 +246,6 @@ def _is_iso_time(text: str) -> bool:
 
 
 def _normalise_time(text: str) -> str:
-    from datetime import UTC, datetime
-
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

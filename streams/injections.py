@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mixer.errors import AudioError
 from werkzeug.datastructures import FileStorage
 
 from errors import ApiError
 from mixer import sources, speech
+from mixer.errors import AudioError
 from streams.fetch import fetch_audio
 
 SOURCES = ("audio_url", "audio_base64", "clip", "tone", "dtmf", "text", "file")
@@ -60,7 +60,7 @@ def _invalid(field: str, message: str, code: str = "invalid_field") -> ApiError:
     return ApiError(422, code, message, field)
 
 
-def _number(field: str, value: Any, low: float, high: float, *, integer: bool = False) -> float:
+def number(field: str, value: Any, low: float, high: float, *, integer: bool = False) -> float:
     if isinstance(value, str):
         try:
             value = float(value)
@@ -138,10 +138,10 @@ def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> Inje
     return InjectRequest(
         kind=kind,
         value=value,
-        gain_db=_number("gain_db", fields.get("gain_db", 0.0), -60, 12),
+        gain_db=number("gain_db", fields.get("gain_db", 0.0), -60, 12),
         loop=_boolean("loop", fields.get("loop", False)),
-        fade_in_ms=int(_number("fade_in_ms", fields.get("fade_in_ms", 0), 0, 10000, integer=True)),
-        fade_out_ms=int(_number("fade_out_ms", fields.get("fade_out_ms", 0), 0, 10000, integer=True)),
+        fade_in_ms=int(number("fade_in_ms", fields.get("fade_in_ms", 0), 0, 10000, integer=True)),
+        fade_out_ms=int(number("fade_out_ms", fields.get("fade_out_ms", 0), 0, 10000, integer=True)),
         duck=_boolean("duck", fields.get("duck", False)),
         label=_text("label", fields["label"], MAX_LABEL_CHARS) if "label" in fields else None,
         mode=mode,
@@ -164,10 +164,10 @@ def _parse_tone(value: Any) -> dict[str, float]:
     if "frequency_hz" not in value:
         raise _invalid("tone.frequency_hz", "tone.frequency_hz is required.")
     return {
-        "frequency_hz": _number("tone.frequency_hz", value["frequency_hz"], 20, 20000),
-        "duration_ms": _number("tone.duration_ms", value.get("duration_ms", 1000), 1, 3_600_000,
+        "frequency_hz": number("tone.frequency_hz", value["frequency_hz"], 20, 20000),
+        "duration_ms": number("tone.duration_ms", value.get("duration_ms", 1000), 1, 3_600_000,
                                integer=True),
-        "level_dbfs": _number("tone.level_dbfs", value.get("level_dbfs", -10.0), -60, 0),
+        "level_dbfs": number("tone.level_dbfs", value.get("level_dbfs", -10.0), -60, 0),
     }
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livecall import API_KEY, AudioHttp, LiveServer, start_server
 
+from livecall import API_KEY, AudioHttp, LiveServer, start_server
 from simulator import FakeTelnyx
 
 

@@ -13,9 +13,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from livecall import connected_call, inject, wait_injection, wait_until, wav_bytes
 from nacl.signing import SigningKey
 
+from livecall import connected_call, inject, wait_injection, wait_until, wav_bytes
 from webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 

@@ -6,9 +6,9 @@ import base64
 
 import numpy as np
 import soundfile as sf
+
 from audio_checks import dominant_hz, max_jump, non_silent, sine_peak_dbfs
 from livecall import API_KEY, connected_call, inject, start_server, wait_injection, wait_until, wav_bytes
-
 from mixer.codecs import ulaw_decode, ulaw_encode
 
 

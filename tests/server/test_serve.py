@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+
 from livecall import API_KEY, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
