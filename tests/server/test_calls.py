@@ -205,3 +205,29 @@ def test_restart_keeps_history_and_marks_live_calls_interrupted(telnyx, tmp_path
     finally:
         second.stop()
         first.app.extensions["mixer_runtime"].registry.shutdown()
+
+
+def test_health_and_metrics(telnyx, server):
+    health = server.http.get("/health").json()
+    assert health["status"] == "ok" and health["active_sessions"] == 0 and health["version"]
+    call = connected_call(telnyx, server)
+    inj = inject(server, call, {"tone": {"frequency_hz": 800, "duration_ms": 200}})
+    wait_injection(server, call, inj["id"], "finished")
+    assert server.http.get("/health").json()["active_sessions"] == 1
+    text = server.http.get("/metrics").text
+    assert 'mixer_webhooks_total{outcome="handled"}' in text
+    assert 'mixer_telnyx_commands_total{action="answer",outcome="ok"} 1' in text
+    assert 'mixer_injections_total{status="finished"} 1' in text
+    sent = float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith("mixer_frames_sent_total")))
+    assert sent >= 10  # 200 ms of tone is 10 frames
+    assert 'mixer_frame_lateness_seconds_bucket{le="+Inf"}' in text and "mixer_active_sessions 1" in text
+
+
+def test_health_turns_degraded_when_the_event_log_cannot_write(server):
+    log = server.app.extensions["mixer_runtime"].log
+    log.last_error = "database or disk is full"  # what the writer records when a commit fails
+    response = server.http.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded" and "disk is full" in response.json()["reason"]
+    log.last_error = None
