@@ -11,7 +11,9 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
+_np: Any
 try:
     import numpy as _np
 except ImportError:  # numpy only speeds up large payloads; the int path handles every size
