@@ -113,6 +113,11 @@ class Connection:
     def open(self) -> bool:
         return self._state == _OPEN
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Outbound bytes the kernel has not taken yet (the peer's read backlog, roughly)."""
+        return len(self._wbuf)
+
     # -- sending (any thread) ------------------------------------------------------------------
 
     def send_text(self, text: str) -> bool:
@@ -429,7 +434,8 @@ class FrontDoor:
                  wsgi_app: Any = None, http_workers: int = 8, http_timeout_s: float = 30.0,
                  idle_timeout_s: float = 10.0, handshake_timeout_s: float = 10.0,
                  close_timeout_s: float = 2.0, max_message_size: int = 1 << 20,
-                 max_backlog: int = 1 << 20, backlog: int = 1024) -> None:
+                 max_backlog: int = 1 << 20, send_buffer_bytes: int | None = None,
+                 backlog: int = 1024) -> None:
         self.ws_paths = frozenset(ws_paths)
         self._accept_fn = accept
         self.idle_timeout_s = idle_timeout_s
@@ -437,6 +443,10 @@ class FrontDoor:
         self.close_timeout_s = close_timeout_s
         self.max_message_size = max_message_size
         self.max_backlog = max_backlog
+        # SO_SNDBUF for accepted sockets. Linux grows it to megabytes by default; a small one
+        # keeps a stalled peer's backlog visible to us (buffered_bytes, max_backlog) instead
+        # of hidden in the kernel.
+        self.send_buffer_bytes = send_buffer_bytes
         self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
         self._listener.setblocking(False)
         self.host = host
@@ -452,6 +462,9 @@ class FrontDoor:
         self._inbox: deque[Connection] = deque()
         self._wake_sent = False
         self._conns: dict[int, Connection] = {}
+        # Guards removals from _conns together with the _closed_* totals, so stats() taken on
+        # another thread never sees a connection counted twice or not at all. Not per message.
+        self._stats_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._undecided: list[_Pending] = []
         self._stopping = threading.Event()
@@ -499,17 +512,20 @@ class FrontDoor:
         return list(self._conns.values())
 
     def stats(self) -> dict[str, int]:
-        conns = list(self._conns.values())
+        with self._stats_lock:
+            conns = list(self._conns.values())
+            closed = (self._closed_messages_in, self._closed_bytes_in,
+                      self._closed_messages_out, self._closed_bytes_out)
         return {
             "websockets": len(conns),
             "connections_accepted": self.connections_accepted,
             "http_handed_off": self.http_handed_off,
             "upgrades_refused": self.upgrades_refused,
             "protocol_errors": self.protocol_errors,
-            "messages_in": self._closed_messages_in + sum(c.messages_in for c in conns),
-            "bytes_in": self._closed_bytes_in + sum(c.bytes_in for c in conns),
-            "messages_out": self._closed_messages_out + sum(c.messages_out for c in conns),
-            "bytes_out": self._closed_bytes_out + sum(c.bytes_out for c in conns),
+            "messages_in": closed[0] + sum(c.messages_in for c in conns),
+            "bytes_in": closed[1] + sum(c.bytes_in for c in conns),
+            "messages_out": closed[2] + sum(c.messages_out for c in conns),
+            "bytes_out": closed[3] + sum(c.bytes_out for c in conns),
         }
 
     # -- cross-thread signalling ---------------------------------------------------------------
@@ -615,20 +631,22 @@ class FrontDoor:
         if conn._notified:
             return
         conn._notified = True
-        if self._conns.get(conn.fd) is conn:
-            del self._conns[conn.fd]
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(conn._sock)
         with conn._lock:
             conn._state = _CLOSED
             conn._wbuf.clear()
-            conn._shutdown_sock_locked()
+        registered = self._conns.get(conn.fd) is conn
+        if registered:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn._sock)
+        with self._stats_lock:
+            if registered:
+                del self._conns[conn.fd]
+            self._closed_messages_in += conn.messages_in
+            self._closed_bytes_in += conn.bytes_in
             self._closed_messages_out += conn.messages_out
             self._closed_bytes_out += conn.bytes_out
-            conn.messages_out = conn.bytes_out = 0
-        self._closed_messages_in += conn.messages_in
-        self._closed_bytes_in += conn.bytes_in
-        conn.messages_in = conn.bytes_in = 0
+        with conn._lock:
+            conn._shutdown_sock_locked()
         try:
             conn._handler.on_close(conn, conn.close_code)
         except Exception:
@@ -676,6 +694,8 @@ class FrontDoor:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.send_buffer_bytes:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
             pending = _Pending(sock, addr, self._now + self.handshake_timeout_s)
             self._pending[sock.fileno()] = pending
             self._selector.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
@@ -781,7 +801,8 @@ class FrontDoor:
         del self._pending[fd]
         conn = Connection(self, sock, request, remote, handler)
         conn.last_rx = self._now
-        self._conns[fd] = conn
+        with self._stats_lock:
+            self._conns[fd] = conn
         self._selector.modify(sock, _READ, conn._on_event)
         with conn._lock:
             conn._write_locked(wire.switching_protocols(request.key))
