@@ -107,6 +107,7 @@ def serve(mode: str) -> None:
     else:
         from flask import Flask
         from flask_sock import Sock
+        from simple_websocket import ConnectionClosed
         from werkzeug.serving import make_server
 
         app = Flask("bench")
@@ -114,8 +115,11 @@ def serve(mode: str) -> None:
 
         @sock.route("/stream")
         def stream(ws: Any) -> None:
-            while True:
-                ws.send(reply_for(ws.receive()))
+            try:
+                while True:
+                    ws.send(reply_for(ws.receive()))
+            except (ConnectionClosed, OSError):  # the load client hung up at the end of a run
+                pass
 
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -327,6 +331,8 @@ def run(mode: str, calls: int, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="50,200", help="comma-separated connection counts")
+    parser.add_argument("--target", type=int, default=500,
+                        help="extra media-plane-only call count (flask-sock collapses well before it); 0 skips")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured window per run")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
@@ -339,10 +345,13 @@ def main() -> None:
     print(f"{'calls':>5} {'server':<17} {'msg/s in':>9} {'out':>7} {'CPU s/1000':>10} {'us/msg':>7} "
           f"{'transport':>9} {'sys':>4} {'srv CPU':>7} {'cli CPU':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7} {'ratio':>6}")
-    for calls in (int(c) for c in args.calls.split(",")):
+    plan = [(int(c), args.modes.split(",")) for c in args.calls.split(",")]
+    if args.target:
+        plan.append((args.target, [m for m in args.modes.split(",") if m != "flask-sock"]))
+    for calls, modes in plan:
         base: float | None = None
         results = []
-        for mode in args.modes.split(","):
+        for mode in modes:
             r = run(mode, calls, args.seconds)
             results.append((mode, r))
             if mode == "flask-sock":
