@@ -468,6 +468,7 @@ class FrontDoor:
         self._pending: dict[int, _Pending] = {}
         self._undecided: list[_Pending] = []
         self._stopping = threading.Event()
+        self._accept_paused = False
         self._thread: threading.Thread | None = None
         self._now = time.monotonic()
         # Counters, written by the loop thread only (per-connection ones live on each Connection;
@@ -571,15 +572,22 @@ class FrontDoor:
                 self._now = now = time.monotonic()
                 for key, mask in events:
                     callback = key.data
-                    if callback is None:
-                        self._drain_inbox()
-                    else:
-                        callback(mask)
+                    try:
+                        if callback is None:
+                            self._drain_inbox()
+                        else:
+                            callback(mask)
+                    except Exception:
+                        # A bug on one socket must not take every call down with the loop.
+                        logger.exception("media plane: event handling failed for %r", key.fileobj)
                 if self._undecided:
                     self._repeek()
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_S
                     self._sweep(now)
+                    if self._accept_paused:
+                        self._accept_paused = False
+                        sel.register(self._listener, _READ, self._on_acceptable)
             self._shutdown()
         except Exception:
             logger.exception("media plane loop crashed")
@@ -655,7 +663,8 @@ class FrontDoor:
     def _shutdown(self) -> None:
         """Runs in the loop thread on stop: 1001 to everyone, a bounded wait for the echoes."""
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(self._listener)
+            if not self._accept_paused:
+                self._selector.unregister(self._listener)
         self._listener.close()
         for fd, pending in list(self._pending.items()):
             self._drop_pending(fd, pending)
@@ -687,9 +696,14 @@ class FrontDoor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logger.error("accept failed: %s", exc)
+                    # The listener stays readable, so keep it out of the selector until the
+                    # next sweep instead of spinning on it.
+                    logger.error("accept failed, pausing for a second: %s", exc)
+                    self._selector.unregister(self._listener)
+                    self._accept_paused = True
                     return
-                raise
+                logger.debug("accept failed: %s", exc)  # e.g. a client reset before we got to it
+                continue
             self.connections_accepted += 1
             sock.setblocking(False)
             with contextlib.suppress(OSError):
