@@ -16,14 +16,16 @@ from typing import Any
 from flask import Flask
 
 import errors
-from config import Config, ConfigError, load_config
+from config import ConfigError, load_config
 from eventlog import EventLog
 from mixer.mixer import DuckingConfig
 from streams import api, socket
+from streams.mediaplane import FrontDoor as MediaFrontDoor
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.runtime import Runtime
 from streams.session import SessionSettings
+from streams.socket import plane_acceptor
 from webhooks import views as webhook_views
 from webhooks.commands import CallCommands
 from webhooks.signature import load_public_key
@@ -88,59 +90,36 @@ def shutdown(app: Flask) -> None:
     rt.log.close()
 
 
-def serve(cfg: Config) -> None:
-    """gunicorn, one process (sessions live in memory), a gthread worker.
+def serve(app: Flask, host: str, port: int) -> MediaFrontDoor:
+    """Listen on HOST:PORT: media sockets on the media plane's loop, everything else to Flask.
 
-    Each media socket holds one server thread plus simple-websocket's reader thread for the
-    whole call, so SERVER_THREADS bounds the number of concurrent calls and requests.
-    gunicorn sets TCP_NODELAY; its sync worker could hold no socket at all.
+    One process (calls live in its memory). The media plane serves every /stream socket from
+    one selectors loop and hands other requests to a pool of SERVER_THREADS werkzeug handlers;
+    the media clock sends every call's frames from one thread. See README, "Serving".
     """
-    from gunicorn.app.base import BaseApplication
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            options = {
-                "bind": f"{cfg.HOST}:{cfg.PORT}",
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": cfg.SERVER_THREADS,
-                "timeout": 0,  # a call's socket is a request that lasts minutes
-                "graceful_timeout": 10,
-                "keepalive": 5,
-                "accesslog": None,
-                "loglevel": cfg.LOG_LEVEL.lower(),
-                "post_worker_init": _install_sigterm_handler,
-            }
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Flask:
-            return create_app()
-
-    Server().run()
-
-
-def _install_sigterm_handler(worker: Any) -> None:
-    """On SIGTERM, end every call cleanly before gunicorn waits for the sockets to finish."""
-    app: Flask = worker.wsgi
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        threading.Thread(target=shutdown, args=(app,), name="shutdown").start()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
+    rt: Runtime = app.extensions["mixer_runtime"]
+    return MediaFrontDoor(host, port, ws_paths=("/stream",), accept=plane_acceptor(rt), wsgi_app=app,
+                          http_workers=rt.config.SERVER_THREADS,
+                          idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S).start()
 
 
 def main() -> None:
     try:
         cfg = load_config()
+        logging.basicConfig(level=cfg.LOG_LEVEL.upper(),
+                            format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+        app = create_app()
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")
-    logging.basicConfig(level=cfg.LOG_LEVEL.upper(),
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
-    serve(cfg)
+    door = serve(app, cfg.HOST, cfg.PORT)
+    logger.info("serving on http://%s:%d (media sockets on /stream)", cfg.HOST, door.port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    # Calls first (marked interrupted, log flushed), then the sockets and the HTTP pool.
+    shutdown(app)
+    door.stop()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class Config:
     API_TOKEN: str = ""
     HOST: str = "127.0.0.1"
     PORT: int = 5000
-    SERVER_THREADS: int = 256
+    SERVER_THREADS: int = 32
     DATABASE_PATH: Path = Path("data/mixer.sqlite3")
     MEDIA_DIR: Path = Path("media")
     MAX_UPLOAD_BYTES: int = 20 * 1024 * 1024

@@ -1,8 +1,12 @@
-"""The one writer of a Telnyx media WebSocket.
+"""The writer side of a Telnyx media WebSocket, whichever transport carries it.
+
+Sessions only need `send(text) -> bool`, `close(code, reason)` and a `label` (the Sender
+protocol). Two transports provide it: the media plane (streams.mediaplane, what `python app.py`
+serves) through PlaneSender, and flask-sock through Connection.
 
 simple-websocket's send() takes no lock and calls socket.send(), which may write only part of a
-frame under load and corrupt the stream. Every outbound message goes through Connection.send:
-it frames with the socket's wsproto state under a lock and writes with sendall().
+frame under load and corrupt the stream. Connection.send frames with the socket's wsproto state
+under a lock and writes with sendall().
 """
 
 from __future__ import annotations
@@ -11,13 +15,37 @@ import contextlib
 import logging
 import socket
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from streams import mediaplane
+
 logger = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    label: str
+
+    def send(self, text: str) -> bool: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class PlaneSender:
+    """A media-plane connection seen as a Sender (its sends never block and are thread-safe)."""
+
+    def __init__(self, conn: mediaplane.Connection) -> None:
+        self._conn = conn
+        self.label = "-"
+
+    def send(self, text: str) -> bool:
+        return self._conn.send_text(text)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self._conn.close(code, reason)
 
 
 class Connection:

@@ -21,7 +21,7 @@ from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
 from streams import protocol
 from streams.clock import MediaClock
-from streams.connection import Connection
+from streams.connection import Sender
 from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class CallSession:
         self.injections: dict[str, Injection] = {}
         self._pending_marks: set[str] = set()
         self._not_started: list[Injection] = []  # mixed injections whose first frame is still due
-        self._conn: Connection | None = None
+        self._conn: Sender | None = None
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
         self._clock = clock
@@ -138,7 +138,7 @@ class CallSession:
 
     # -- media socket (the socket's handler thread) -------------------------------------------
 
-    def attach(self, start: protocol.Start, conn: Connection) -> None:
+    def attach(self, start: protocol.Start, conn: Sender) -> None:
         """A `start` frame: (re)bind the socket, take codec and rate from media_format."""
         fmt = start.media_format
         codec = get_codec(fmt.encoding, fmt.sample_rate, self.settings.l16_byte_order)
@@ -169,7 +169,7 @@ class CallSession:
                          encoding=fmt.encoding, sample_rate=fmt.sample_rate)
         self.save()
 
-    def detach(self, conn: Connection, *, stopped: bool) -> None:
+    def detach(self, conn: Sender, *, stopped: bool) -> None:
         """The socket closed: after `stop` the stream is over; without it, wait for a reconnect."""
         with self._lock:
             if self._conn is not conn:
@@ -312,7 +312,7 @@ class CallSession:
             self._after_frame(conn, frame.finished)
         return True
 
-    def _after_frame(self, conn: Connection, finished: tuple[str, ...]) -> None:
+    def _after_frame(self, conn: Sender, finished: tuple[str, ...]) -> None:
         marks = []
         with self._lock:
             for waiting in self._not_started:

@@ -1,8 +1,10 @@
 """The /stream WebSocket that Telnyx connects to after streaming_start.
 
-One handler thread per socket reads Telnyx's frames; the media clock's thread writes ours through
-the same Connection. Malformed frames are counted and logged, never fatal. Cleanup is in
-`finally`, because flask-sock swallows ConnectionClosed outside the handler.
+StreamHandler is the socket's application side, fed one message at a time whatever the
+transport: the media plane's loop thread (what `python app.py` serves, see plane_acceptor), or a
+flask-sock handler thread (handle_stream, for running the WSGI app under another server). The
+media clock's thread writes our frames through the same Sender. Malformed frames are counted and
+logged, never fatal.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from simple_websocket import ConnectionClosed
 
 from eventlog import EventLog
 from mixer.errors import UnsupportedCodec
-from streams import protocol
-from streams.connection import Connection
+from streams import mediaplane, protocol
+from streams.connection import Connection, PlaneSender, Sender
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.runtime import Runtime
@@ -38,6 +40,7 @@ def handle_stream(ws: Any, registry: SessionRegistry, log: EventLog, metrics: Me
     handler = StreamHandler(Connection(ws), registry, log, metrics, auth_token=auth_token,
                             header_token=request.headers.get(protocol.AUTH_TOKEN_HEADER),
                             remote=request.remote_addr)
+    # Cleanup is in `finally`: flask-sock swallows ConnectionClosed outside this function.
     try:
         while True:
             message = ws.receive(timeout=idle_timeout_s)
@@ -56,7 +59,7 @@ def handle_stream(ws: Any, registry: SessionRegistry, log: EventLog, metrics: Me
 class StreamHandler:
     """One Telnyx media socket, whatever carries it: frames in through on_message, ours out via conn."""
 
-    def __init__(self, conn: Connection, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
+    def __init__(self, conn: Sender, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
                  auth_token: str, header_token: str | None, remote: str | None) -> None:
         self.conn = conn
         self.registry = registry
@@ -171,3 +174,36 @@ def register(app: Flask, rt: Runtime) -> None:
     def stream(ws: Any) -> None:
         handle_stream(ws, rt.registry, rt.log, rt.metrics, auth_token=rt.config.STREAM_AUTH_TOKEN,
                       idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S)
+
+
+class _PlaneHandler:
+    """A StreamHandler on the media plane: called on its loop thread, so nothing here blocks."""
+
+    def __init__(self, rt: Runtime, headers: dict[str, str], remote: str) -> None:
+        self._rt = rt
+        self._headers = headers
+        self._remote = remote
+        self._handler: StreamHandler | None = None
+
+    def on_message(self, conn: mediaplane.Connection, data: str | bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            rt = self._rt
+            handler = self._handler = StreamHandler(
+                PlaneSender(conn), rt.registry, rt.log, rt.metrics, auth_token=rt.config.STREAM_AUTH_TOKEN,
+                header_token=self._headers.get(protocol.AUTH_TOKEN_HEADER), remote=self._remote)
+        if handler.on_message(data):
+            conn.close(1000, "stream stopped" if handler.stopped else "refused")
+
+    def on_close(self, conn: mediaplane.Connection, code: int | None) -> None:
+        if self._handler is not None:
+            self._handler.on_close()
+
+
+def plane_acceptor(rt: Runtime) -> mediaplane.AcceptFn:
+    """The media plane's accept(): every upgrade on /stream gets its own handler."""
+
+    def accept(path: str, query: str, headers: dict[str, str], remote_addr: str) -> _PlaneHandler:
+        return _PlaneHandler(rt, headers, remote_addr)
+
+    return accept

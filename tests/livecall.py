@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import soundfile as sf
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import make_server
 
-from app import create_app, shutdown
+from app import create_app, serve, shutdown
 from simulator import FakeTelnyx
 
 API_KEY = "KEY_TEST"
@@ -27,17 +27,22 @@ class LiveServer:
     app: Flask
     url: str
     http: httpx.Client
-    server: BaseWSGIServer
-    thread: threading.Thread
+    close_transport: Callable[[], None]
 
     def stop(self) -> None:
         shutdown(self.app)
-        self.server.shutdown()
-        self.thread.join(5)
+        self.close_transport()
         self.http.close()
 
+    def crash(self) -> None:
+        """Go away without ending the calls, as a killed process would (the log is flushed)."""
+        self.app.extensions["mixer_runtime"].log.flush()
+        self.close_transport()
 
-def start_server(telnyx: FakeTelnyx, db: Path, media: Path, **overrides: Any) -> LiveServer:
+
+def start_server(telnyx: FakeTelnyx, db: Path, media: Path, *, transport: str = "mediaplane",
+                 **overrides: Any) -> LiveServer:
+    """The app as `python app.py` serves it (the media plane), or under flask-sock on werkzeug."""
     config = {
         "DATABASE_PATH": db,
         "MEDIA_DIR": media,
@@ -48,12 +53,22 @@ def start_server(telnyx: FakeTelnyx, db: Path, media: Path, **overrides: Any) ->
         **overrides,
     }
     app = create_app(config)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}"
+    if transport == "mediaplane":
+        door = serve(app, "127.0.0.1", 0)
+        port, close = door.port, door.stop
+    else:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+        thread.start()
+        port = server.server_port
+
+        def close() -> None:
+            server.shutdown()
+            thread.join(5)
+
+    url = f"http://127.0.0.1:{port}"
     telnyx.webhook_url = f"{url}/webhooks/voice"
-    return LiveServer(app, url, httpx.Client(base_url=url, timeout=10), server, thread)
+    return LiveServer(app, url, httpx.Client(base_url=url, timeout=10), close)
 
 
 

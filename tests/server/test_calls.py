@@ -189,10 +189,7 @@ def test_restart_keeps_history_and_marks_live_calls_interrupted(telnyx, tmp_path
     wait_until(lambda: first.http.get(f"/streams/{ended.call_control_id}").json()["status"] == "ended",
                what="ended")
     live = connected_call(telnyx, first)
-    # A crash: the process goes away without ending its calls.
-    first.app.extensions["mixer_runtime"].log.flush()
-    first.server.shutdown()
-    first.thread.join(5)
+    first.crash()
 
     second = start_server(telnyx, tmp_path / "db.sqlite3", media_dir)
     try:
@@ -231,3 +228,19 @@ def test_health_turns_degraded_when_the_event_log_cannot_write(server):
     assert response.status_code == 503
     assert response.json()["status"] == "degraded" and "disk is full" in response.json()["reason"]
     log.last_error = None
+
+
+def test_the_flask_sock_route_serves_a_call_too(telnyx, tmp_path, media_dir):
+    """For running the WSGI app under another server: /stream is also a flask-sock route."""
+    live = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, transport="flask-sock")
+    try:
+        call = connected_call(telnyx, live)
+        inj = inject(live, call, {"tone": {"frequency_hz": 1000, "duration_ms": 400, "level_dbfs": -6}})
+        wait_injection(live, call, inj["id"], "finished")
+        heard = non_silent(call.heard_pcm())
+        assert abs(sine_peak_dbfs(heard[800:-800]) - -6.0) <= 0.2
+        call.hangup()
+        wait_until(lambda: live.http.get(f"/streams/{call.call_control_id}").json()["status"] == "ended",
+                   what="ended")
+    finally:
+        live.stop()
