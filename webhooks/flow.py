@@ -69,8 +69,9 @@ class CallFlow:
         session = self._session(event)
         if session is None:
             return
-        if session.status == "answering":
-            session.set_status("answered")
+        if session.status not in ("answering", "answered"):
+            return  # already streaming (or reconnecting): a second streaming_start would replace it
+        session.set_status("answered")
         c = self.rt.config
         params: dict[str, Any] = {
             "stream_url": self.stream_url,

@@ -139,8 +139,11 @@ def test_duplicate_and_out_of_order_webhooks_act_once(telnyx, server, bystander)
     call.redeliver("call.initiated")
     call.redeliver("call.answered")
     wait_until(lambda: len(log_events(server, event="webhook.duplicate")) == 2, what="duplicates logged")
-    # A late call.initiated under another id (as from a retry elsewhere) must not answer again.
+    # Late events under other ids (as from a retry elsewhere) must not answer or stream again.
     assert signed_post(server, telnyx, call_initiated(ccid, "evt-late")).status_code == 200
+    answered = json.dumps({"data": {"event_type": "call.answered", "id": "evt-late-2",
+                                    "payload": {"call_control_id": ccid}}}).encode()
+    assert signed_post(server, telnyx, answered).status_code == 200
     assert telnyx.wait_webhooks_idle()
     assert server.http.get(f"/streams/{ccid}").json()["status"] == "streaming"
     sent = sorted(c.action for c in telnyx.commands if c.call_control_id == ccid)
