@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(BIN)/python -m simulator demo --out demo-output
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -26,6 +26,8 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_transport.py
+	$(BIN)/python bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) data demo-output bench/out
