@@ -77,6 +77,7 @@ RATE = 8000
 FRAME_S = 0.020
 FRAME_SAMPLES = 160
 LEAD_MS = 60  # the server's OUTBOUND_LEAD_MS default; passed explicitly so the two agree
+HTTP_THREADS = 32  # the server's HTTP pool (webhooks, REST); media sockets use none of it
 LEAD_BURST = 1 + LEAD_MS // 20  # frames a call sends at once when it starts playing
 
 TONE_HZ = 2700.0  # 54 whole cycles per 20 ms frame; the music stays below 2 kHz
@@ -320,7 +321,7 @@ class Server:
                "DATABASE_PATH": str(workdir / "db.sqlite3"), "MEDIA_DIR": str(workdir),
                "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
                "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING",
-               "SERVER_THREADS": str(4 * n + 64), "MAX_ACTIVE_INJECTIONS": "16",
+               "SERVER_THREADS": str(HTTP_THREADS), "MAX_ACTIVE_INJECTIONS": "16",
                "OUTBOUND_LEAD_MS": str(LEAD_MS), "PYTHONUNBUFFERED": "1"}
         self.log_path = workdir / "server.log"
         self._log = self.log_path.open("w")
@@ -838,7 +839,7 @@ def main() -> int:
     print("pinning: server -> CPU 0, load generator -> CPU 1" if pin else
           "pinning: off (fewer than 2 usable CPUs; server and generator share)")
     rev = revision(args.repo)
-    print(f"server: {args.repo / 'app.py'} at {rev}  OUTBOUND_LEAD_MS={LEAD_MS}  SERVER_THREADS=4N+64")
+    print(f"server: {args.repo / 'app.py'} at {rev}  OUTBOUND_LEAD_MS={LEAD_MS}  SERVER_THREADS={HTTP_THREADS}")
     print(f"sweep: N = {', '.join(map(str, counts))}; window {seconds:g} s; set-up {SETUP_RATE:g} calls/s; "
           f"tone {TONE_HZ:g} Hz x {TONE_MS} ms every {TONE_INTERVAL_S * 1000:.0f} ms")
     print(f"rule: {BREAK_RULE}")

@@ -15,7 +15,7 @@ from eventlog import EventLog
 from streams.injections import Limits
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
-from streams.session import LIVE, CallSession, Injection
+from streams.session import CallSession, Injection
 
 
 class CommandSender(Protocol):
@@ -31,7 +31,6 @@ class Runtime:
     registry: SessionRegistry
     commands: CommandSender
     started: float = field(default_factory=time.monotonic)
-    live_statuses: tuple[str, ...] = LIVE
 
     def limits(self, sample_rate: int) -> Limits:
         c = self.config

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eventlog import EventLog, utc_now
+from eventlog import LIVE_STATUSES, EventLog, utc_now
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
@@ -26,7 +26,7 @@ from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-LIVE = ("answering", "answered", "streaming", "disconnected")
+LIVE = LIVE_STATUSES  # one definition: the event log marks exactly these interrupted at start-up
 TERMINAL_INJECTION = ("finished", "stopped", "failed")
 
 
@@ -38,7 +38,6 @@ class SessionSettings:
     frame_ms: int
     lead_ms: int
     ducking: DuckingConfig
-    max_active_injections: int
 
 
 @dataclass
