@@ -374,3 +374,19 @@ def test_telnyx_api_failures_are_retried_then_recorded(telnyx, server):
     answers = [c for c in telnyx.commands if c.action == "answer"]
     assert len(answers) == 2  # TELNYX_MAX_RETRIES=1: the first try and one retry, same command_id
     assert len({c.body["command_id"] for c in answers}) == 1
+
+
+def test_a_telnyx_timeout_is_retried_with_the_same_command_id_and_acts_once(telnyx, make_server_):
+    server = make_server_(TELNYX_TIMEOUT_S=0.3)
+    telnyx.fail_next("answer", status=200, delay_s=0.6)  # executed, but answered too late
+    call = telnyx.place_call()
+    call.wait_streaming(timeout=10)
+
+    def both_answers():  # each is recorded when its response goes out: the slow one last
+        found = [c for c in telnyx.commands if c.action == "answer"]
+        return found if len(found) == 2 else None
+
+    answers = wait_until(both_answers, what="the retried answer")
+    assert len({c.body["command_id"] for c in answers}) == 1
+    assert sum(c.executed for c in answers) == 1
+    assert server.http.get(f"/streams/{call.call_control_id}").json()["status"] == "streaming"
