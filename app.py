@@ -114,6 +114,9 @@ def main() -> None:
     # What start-up allocated lives for the whole process: keep it out of every later collection,
     # so full collections stay short instead of stalling the media clock.
     gc.freeze()
+    # The media clock must not wait the default 5 ms for the GIL behind the socket loop or a
+    # request thread: that wait shows up directly as frame-gap jitter.
+    sys.setswitchinterval(0.001)
     door = serve(app, cfg.HOST, cfg.PORT)
     logger.info("serving on http://%s:%d (media sockets on /stream)", cfg.HOST, door.port)
     stop = threading.Event()
