@@ -49,6 +49,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused (401); "
                        "set it, or WEBHOOK_VERIFY=false for local experiments")
 
+    if not cfg.STREAM_AUTH_TOKEN:
+        logger.warning("STREAM_AUTH_TOKEN is not set: anyone who can reach /stream can open a "
+                       "media socket; set it in production")
     log = EventLog(cfg.DATABASE_PATH)
     interrupted = log.mark_interrupted()
     if interrupted:

@@ -82,9 +82,7 @@ def inject(key: str) -> tuple[Response, int]:
     fields, files = _request_fields()
     req = injections.parse_request(fields, files)
     if session.active_injections() >= rt.config.MAX_ACTIVE_INJECTIONS:
-        raise ApiError(429, "too_many_injections",
-                       f"This call already has {rt.config.MAX_ACTIVE_INJECTIONS} active injections; "
-                       "stop one first.")
+        raise _too_many()  # early, before decoding; add_injection checks again atomically
     inj_id = "inj_" + secrets.token_hex(8)
     samples = None
     duration_ms: int | None = None
@@ -97,9 +95,11 @@ def inject(key: str) -> tuple[Response, int]:
         fade_out_ms=req.fade_out_ms, duck=req.duck, label=req.label, mode=req.mode,
         duration_ms=duration_ms,
     )
-    if not session.live:  # the call ended while the source was decoding
+    refused = session.add_injection(inj, samples, max_active=rt.config.MAX_ACTIVE_INJECTIONS)
+    if refused == "too_many":
+        raise _too_many()
+    if refused is not None:  # the call ended while the source was decoding
         raise _not_active(session.call_control_id, session.status)
-    session.add_injection(inj, samples)
     if req.mode == "playback":
         rt.start_playback(session, inj, req.value)
     return jsonify(session.injection_view(inj)), 201
@@ -151,7 +151,11 @@ def delete_injection(key: str, inj_id: str) -> Response:
 @bp.post("/streams/<key>/clear")
 def clear(key: str) -> Response:
     session = _live_session(key)
-    return jsonify({"stopped": session.clear()})
+    delegated = any(inj.active and inj.mode == "playback" for inj in list(session.injections.values()))
+    stopped = session.clear()
+    if delegated:  # Telnyx plays these itself: the media `clear` does not reach them
+        runtime().stop_playback(session, everything=True)
+    return jsonify({"stopped": stopped})
 
 
 @bp.get("/stream-log")
@@ -201,6 +205,12 @@ def _request_fields(json_only: bool = False) -> tuple[dict[str, Any], dict[str, 
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_field", "The body must be a JSON object.")
     return body, {}
+
+
+def _too_many() -> ApiError:
+    limit = runtime().config.MAX_ACTIVE_INJECTIONS
+    return ApiError(429, "too_many_injections",
+                    f"This call already has {limit} active injections; stop one first.")
 
 
 def _history(key: str) -> dict[str, Any]:

@@ -45,6 +45,9 @@ def fetch_audio(url: str, *, timeout_s: float, max_bytes: int, allow_private: bo
             except httpx.TimeoutException:
                 raise ApiError(502, "audio_url_timeout",
                                f"audio_url did not deliver within {timeout_s:g} s.", "audio_url") from None
+            except httpx.InvalidURL:
+                raise ApiError(422, "invalid_field", "audio_url must be an http or https URL.",
+                               "audio_url") from None
             except httpx.HTTPError as exc:
                 raise ApiError(502, "audio_url_unreachable",
                                f"audio_url could not be fetched: {exc}.", "audio_url") from None
@@ -58,13 +61,17 @@ def _too_large(max_bytes: int) -> ApiError:
 
 
 def _check_url(url: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bad port or bracket: not a URL at all
+        parts, port = urlsplit(""), None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, "invalid_field", "audio_url must be an http or https URL.", "audio_url")
     if allow_private:
         return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(parts.hostname, port or 443, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
         raise ApiError(502, "audio_url_unreachable",
                        f"audio_url host {parts.hostname!r} does not resolve: {exc}.", "audio_url") from None

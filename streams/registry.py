@@ -39,12 +39,18 @@ class SessionRegistry:
         with self._lock:
             return self._by_call.get(key) or self._by_stream.get(key)
 
-    def open(self, call_control_id: str) -> tuple[CallSession, bool]:
-        """The session of a call, created on first sight; returns (session, created)."""
+    def open(self, call_control_id: str) -> tuple[CallSession | None, bool]:
+        """The session of a call, created on first sight; returns (session, created).
+
+        None for a call that ended in this process: a late event or a stray `start` must not
+        revive it. (In memory only: the media plane's loop thread calls this.)
+        """
         with self._lock:
             session = self._by_call.get(call_control_id)
             if session is not None:
                 return session, False
+            if call_control_id in self._ended:
+                return None, False
             session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
             self._by_call[call_control_id] = session
         self._log.record("stream.opened", call_control_id)
@@ -60,6 +66,7 @@ class SessionRegistry:
     def index_stream(self, session: CallSession, stream_id: str) -> None:
         with self._lock:
             self._by_stream[stream_id] = session
+            session.stream_ids.add(stream_id)
 
     def close(self, session: CallSession, status: str, reason: str) -> None:
         """End a session and forget it; its history stays in the event log."""
@@ -69,8 +76,8 @@ class SessionRegistry:
             while len(self._ended) > RECENTLY_ENDED:
                 self._ended.popitem(last=False)
             self._by_call.pop(session.call_control_id, None)
-            if session.stream_id:
-                self._by_stream.pop(session.stream_id, None)
+            for stream_id in session.stream_ids:  # every stream the call had, reconnects included
+                self._by_stream.pop(stream_id, None)
 
     def sessions(self) -> list[CallSession]:
         with self._lock:

@@ -48,6 +48,7 @@ class Runtime:
             on_done=lambda ok, error: session.playback_result(inj, ok, error),
         )
 
-    def stop_playback(self, session: CallSession) -> None:
+    def stop_playback(self, session: CallSession, *, everything: bool = False) -> None:
         self.commands.submit("playback_stop", session.call_control_id,
-                             command_id=f"playback_stop-{time.monotonic_ns()}", stop="current")
+                             command_id=f"playback_stop-{time.monotonic_ns()}",
+                             stop="all" if everything else "current")

@@ -78,6 +78,7 @@ class CallSession:
         self._lock = threading.Lock()
         self.status = "answering"
         self.stream_id: str | None = None
+        self.stream_ids: set[str] = set()  # every stream of the call; the registry's index keys
         self.info: dict[str, Any] = {"from": None, "to": None, "direction": None}
         self.created_at = utc_now()
         self.started_at: str | None = None
@@ -87,6 +88,7 @@ class CallSession:
         self._pending_marks: set[str] = set()
         self._not_started: list[Injection] = []  # mixed injections whose first frame is still due
         self._conn: Sender | None = None
+        self._dead_conn: Sender | None = None  # the socket whose last send failed (clock thread only)
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
         self._clock = clock
@@ -137,11 +139,16 @@ class CallSession:
 
     # -- media socket (the socket's handler thread) -------------------------------------------
 
-    def attach(self, start: protocol.Start, conn: Sender) -> None:
-        """A `start` frame: (re)bind the socket, take codec and rate from media_format."""
+    def attach(self, start: protocol.Start, conn: Sender) -> bool:
+        """A `start` frame: (re)bind the socket, take codec and rate from media_format.
+
+        False when the call has ended meanwhile (then nothing is bound).
+        """
         fmt = start.media_format
         codec = get_codec(fmt.encoding, fmt.sample_rate, self.settings.l16_byte_order)
         with self._lock:
+            if not self.live:
+                return False
             old = self._conn
             self._conn = conn
             self.stream_id = start.stream_id
@@ -160,13 +167,15 @@ class CallSession:
                 self.mixer = self._new_mixer()
             self._codec = codec
             reconnect = self.frames_sent > 0 or old is not None
+            # Under the lock, so an end() racing with this attach cannot leave us on the clock.
+            self._clock.add(self)
         if old is not None and old is not conn:
             old.close(1000, "replaced by a new connection")
-        self._clock.add(self)
         self._log.record("stream.reconnected" if reconnect else "stream.started",
                          self.call_control_id, stream_id=start.stream_id,
                          encoding=fmt.encoding, sample_rate=fmt.sample_rate)
         self.save()
+        return True
 
     def detach(self, conn: Sender, *, stopped: bool) -> None:
         """The socket closed: after `stop` the stream is over; without it, wait for a reconnect."""
@@ -211,9 +220,16 @@ class CallSession:
         with self._lock:
             return sum(1 for inj in self.injections.values() if inj.active)
 
-    def add_injection(self, inj: Injection, samples: np.ndarray | None) -> None:
-        """Register and start `inj`; `samples` (float32 at the stream rate) unless delegated."""
+    def add_injection(self, inj: Injection, samples: np.ndarray | None, *, max_active: int) -> str | None:
+        """Register and start `inj`; `samples` (float32 at the stream rate) unless delegated.
+
+        Returns why it was refused ("not_active", "too_many"), checked atomically with adding it.
+        """
         with self._lock:
+            if not self.live:
+                return "not_active"
+            if sum(1 for other in self.injections.values() if other.active) >= max_active:
+                return "too_many"
             self.injections[inj.id] = inj
             if samples is not None:
                 self._not_started.append(inj)
@@ -223,6 +239,7 @@ class CallSession:
             self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop,
                            fade_in_ms=inj.fade_in_ms, fade_out_ms=inj.fade_out_ms, duck=inj.duck)
         self.save()
+        return None
 
     def set_gain(self, inj: Injection, gain_db: float) -> None:
         with self._lock:
@@ -299,12 +316,16 @@ class CallSession:
     def produce(self) -> bool:
         """Mix, encode and send one frame; False when there is nothing to play or nobody to hear it."""
         conn = self._conn
-        if conn is None:
-            return False
+        if conn is None or conn is self._dead_conn:
+            return False  # don't use up the injections' audio on a socket that takes nothing
         frame = self.mixer.mix()
         if frame is None:
             return False
         if not conn.send(protocol.media_frame(self._codec.encode(frame.pcm))):
+            self._dead_conn = conn
+            if frame.finished:
+                # Their marks cannot reach Telnyx; detach() settles them once the socket is gone.
+                self._after_frame(conn, frame.finished)
             return False
         self.frames_sent += 1
         if self._not_started or frame.finished:

@@ -90,6 +90,7 @@ class StreamHandler:
             return True
         if self._dispatch(frame):
             self.stopped = True
+            self.on_close()  # the stream is over now, whenever the socket itself closes
             return True
         return False
 
@@ -129,19 +130,23 @@ class StreamHandler:
             self.problem("unexpected_start", "a second call on one socket")
             return
         session, created = self.registry.open(start.call_control_id)
+        if session is None:
+            self.problem("stream_not_active", "the call has ended")
+            self.conn.close(POLICY_VIOLATION, "call is not active")
+            return
         if created:
             # Streams we never saw a webhook for (e.g. started from another app) still mix.
             session.set_status("answered")
-        if not session.live:
-            self.problem("stream_not_active", f"call is {session.status}")
-            self.conn.close(POLICY_VIOLATION, "call is not active")
-            return
         self.conn.label = start.call_control_id
         try:
-            session.attach(start, self.conn)
+            attached = session.attach(start, self.conn)
         except UnsupportedCodec as exc:
             self.problem("unsupported_codec", str(exc))
             self.conn.close(UNSUPPORTED_DATA, "unsupported media format")
+            return
+        if not attached:
+            self.problem("stream_not_active", f"call is {session.status}")
+            self.conn.close(POLICY_VIOLATION, "call is not active")
             return
         self.session = session
         self.registry.index_stream(session, start.stream_id)

@@ -88,6 +88,9 @@ class CallCommands:
                 error = f"Telnyx answered {exc.status_code}: {_describe(exc.body)}"
             except telnyx.APIError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a failure here must still reach the log and on_done
+                logger.exception("[%s] %s raised", call_control_id, action)
+                error = f"{type(exc).__name__}: {exc}"
         ok = error is None
         self._metrics.inc("telnyx_commands_total", action=action, outcome="ok" if ok else "failed")
         if ok:

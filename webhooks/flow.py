@@ -50,6 +50,8 @@ class CallFlow:
             if self.rt.registry.ended(event.call_control_id):
                 return None  # a late or repeated event must not revive an ended call
             session, _ = self.rt.registry.open(event.call_control_id)
+            if session is None:
+                return None
         p = event.payload
         for key in ("from", "to", "direction"):
             if isinstance(p.get(key), str) and not session.info.get(key):

@@ -46,6 +46,11 @@ class Deduper:
             self._seen[event_id] = now
             return True
 
+    def forget(self, event_id: str) -> None:
+        """Handling failed: Telnyx's retry of this event must be handled, not skipped."""
+        with self._lock:
+            self._seen.pop(event_id, None)
+
 
 def runtime() -> Runtime:
     rt: Runtime = current_app.extensions["mixer_runtime"]
@@ -90,7 +95,11 @@ def voice_webhook() -> tuple[Response, int]:
         return jsonify({"status": "duplicate"}), 200
     rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
                   webhook_id=event.id, attempt=event.attempt, occurred_at=event.occurred_at)
-    handled = CallFlow(rt, stream_url(rt)).handle(event)
+    try:
+        handled = CallFlow(rt, stream_url(rt)).handle(event)
+    except Exception:
+        dedupe.forget(event.id)  # answered 500: Telnyx retries, and the retry gets handled
+        raise
     rt.metrics.inc("webhooks_total", outcome="handled" if handled else "ignored")
     return jsonify({"status": "ok" if handled else "ignored"}), 200
 

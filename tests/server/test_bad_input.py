@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from nacl.signing import SigningKey
+from websockets.exceptions import ConnectionClosed
 
 from livecall import connected_call, inject, wait_injection, wait_until, wav_bytes
 from webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -203,6 +204,8 @@ def test_unknown_and_ended_streams(telnyx, server, bystander):
         ({"tone": {"frequency_hz": 440, "level_dbfs": 3}}, "out_of_range", "tone.level_dbfs"),
         ({"text": "x" * 5001}, "out_of_range", "text"),
         ({"audio_url": "ftp://example.com/a.wav"}, "invalid_field", "audio_url"),
+        ({"audio_url": "http://example.com:99999/a.wav"}, "invalid_field", "audio_url"),
+        ({"audio_url": "http://[::1/a.wav"}, "invalid_field", "audio_url"),
         ({"audio_base64": "@@not base64@@"}, "invalid_field", "audio_base64"),
         ({"clip": "../../etc/passwd"}, "unknown_clip", "clip"),
         ({"clip": "missing"}, "unknown_clip", "clip"),
@@ -390,3 +393,26 @@ def test_a_telnyx_timeout_is_retried_with_the_same_command_id_and_acts_once(teln
     assert len({c.body["command_id"] for c in answers}) == 1
     assert sum(c.executed for c in answers) == 1
     assert server.http.get(f"/streams/{call.call_control_id}").json()["status"] == "streaming"
+
+
+def test_a_start_frame_after_hangup_does_not_revive_the_call(telnyx, server, bystander):
+    from websockets.sync.client import connect
+
+    call = connected_call(telnyx, server)
+    call.hangup()
+    wait_until(lambda: server.http.get(f"/streams/{call.call_control_id}").json()["status"] == "ended",
+               what="ended")
+    start = {"event": "start", "sequence_number": "1", "stream_id": "late-stream",
+             "start": {"call_control_id": call.call_control_id,
+                       "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
+    with connect(server.url.replace("http", "ws") + "/stream", open_timeout=5) as ws:
+        ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        ws.send(json.dumps(start))
+        try:
+            while True:
+                ws.recv(timeout=5)
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1008
+    assert server.http.get(f"/streams/{call.call_control_id}").json()["status"] == "ended"
+    assert server.http.get("/streams/late-stream").status_code == 404
+    assert call.call_control_id not in [s["call_control_id"] for s in server.http.get("/streams").json()["items"]]
