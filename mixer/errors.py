@@ -22,9 +22,7 @@ class UndecodableAudio(AudioError):
 
 
 class EmptyAudio(UndecodableAudio):
-    """Decoded fine but holds no samples; same code as undecodable, the message says empty."""
-
-    code = "undecodable_audio"
+    """Decoded fine but holds no samples; same code as undecodable (inherited), the message says empty."""
 
 
 class AudioTooLong(AudioError):
