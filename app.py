@@ -98,12 +98,15 @@ def serve(app: Flask, host: str, port: int) -> MediaFrontDoor:
 
     One process (calls live in its memory). The media plane serves every /stream socket from
     one selectors loop and hands other requests to a pool of SERVER_THREADS werkzeug handlers;
-    the media clock sends every call's frames from one thread. See README, "Serving".
+    the same loop runs the media clock, which sends every call's frames. See README, "Serving".
     """
     rt: Runtime = app.extensions["mixer_runtime"]
-    return MediaFrontDoor(host, port, ws_paths=("/stream",), accept=plane_acceptor(rt), wsgi_app=app,
-                          http_workers=rt.config.SERVER_THREADS,
-                          idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S).start()
+    clock = rt.registry.clock
+    door = MediaFrontDoor(host, port, ws_paths=("/stream",), accept=plane_acceptor(rt), wsgi_app=app,
+                          http_workers=rt.config.SERVER_THREADS, idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S,
+                          timer=clock)
+    clock.drive_from(door.wake)
+    return door.start()
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The pacer: one thread per call that sends one frame per frame period, on absolute deadlines.
+"""The pacer: one frame per frame period, on absolute deadlines.
 
 Frame k of a run is due to *play* at t0 + k * frame and is sent `lead` earlier, at
 t0 + k * frame - lead. Deadlines are computed from t0, never by adding up sleeps, so the pacer
@@ -56,23 +56,61 @@ def run_pacer(produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 
     Run it in a thread the caller names (the call id belongs in the name). `late_after` defaults to
     a quarter frame.
     """
-    if frame_seconds <= 0 or lead_seconds < 0:
-        raise ValueError("frame_seconds must be positive and lead_seconds not negative")
-    stats = stats if stats is not None else PacerStats()
-    tolerance = frame_seconds / 4 if late_after is None else late_after
-    t0 = clock()
-    k = 0
+    pacer = Pacer(produce, frame_seconds=frame_seconds, lead_seconds=lead_seconds, stats=stats,
+                  late_after=late_after)
+    pacer.restart(clock())
     while not stop.is_set():
-        play_at = t0 + k * frame_seconds
-        deadline = play_at - lead_seconds
+        deadline = pacer.next_deadline
         now = clock()
         if now < deadline:
             sleep(deadline - now)
             if stop.is_set():
                 break
             now = clock()
+        if not pacer.fire(now):
+            wake.wait(idle_poll_seconds)
+            wake.clear()
+            pacer.restart(clock())
+    return pacer.stats
+
+
+class Pacer:
+    """The pacing rules, for a loop that owns the waiting: fire(now) once now >= next_deadline.
+
+    run_pacer drives it from a thread of its own; an event loop can drive it between socket
+    events instead (streams.clock), so the frames go out without a thread hand-off.
+    """
+
+    def __init__(self, produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 1000,
+                 lead_seconds: float = DEFAULT_LEAD_SECONDS, stats: PacerStats | None = None,
+                 late_after: float | None = None) -> None:
+        if frame_seconds <= 0 or lead_seconds < 0:
+            raise ValueError("frame_seconds must be positive and lead_seconds not negative")
+        self._produce = produce
+        self.frame_seconds = frame_seconds
+        self.lead_seconds = lead_seconds
+        self.stats = stats if stats is not None else PacerStats()
+        self.tolerance = frame_seconds / 4 if late_after is None else late_after
+        self._t0 = 0.0
+        self._k = 0
+
+    def restart(self, now: float) -> None:
+        """Begin a run at `now`: its first lead/frame frames are due at once."""
+        self._t0, self._k = now, 0
+
+    @property
+    def next_deadline(self) -> float:
+        return self._t0 + self._k * self.frame_seconds - self.lead_seconds
+
+    def fire(self, now: float) -> bool:
+        """Produce the frame due by `now`; False when produce() had nothing (the run is over).
+
+        After False the caller waits for activity and calls restart().
+        """
+        frame_seconds, stats = self.frame_seconds, self.stats
+        play_at = self._t0 + self._k * frame_seconds
         # Frames due before the run began (the lead) are on time when sent at its start.
-        lateness = max(0.0, now - max(deadline, t0))
+        lateness = max(0.0, now - max(play_at - self.lead_seconds, self._t0))
         if now - play_at >= frame_seconds:
             # Stalled a whole frame past this frame's play time: Telnyx has run out of our audio.
             # Give up the missed slots and start a new run now, lead included.
@@ -80,18 +118,15 @@ def run_pacer(produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 
             stats.skipped += missed
             stats.resyncs += 1
             logger.debug("pacer stalled %.3f s, skipped %d frame slots", now - play_at, missed)
-            t0, k = now, 0
-        if not produce():
+            self._t0, self._k = now, 0
+        if not self._produce():
             stats.idles += 1
-            wake.wait(idle_poll_seconds)
-            wake.clear()
-            t0, k = clock(), 0
-            continue
+            return False
         stats.lateness.append(lateness)
         stats.sent += 1
-        if lateness > tolerance:
+        if lateness > self.tolerance:
             stats.late += 1
         if lateness > stats.max_lateness:
             stats.max_lateness = lateness
-        k += 1
-    return stats
+        self._k += 1
+        return True

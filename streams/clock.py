@@ -1,22 +1,30 @@
 """One media clock for every call of the process.
 
 A pacer thread per call costs a thread wake-up and a GIL hand-off per call every 20 ms; at a
-hundred calls that, not the mixing, is where the CPU goes. Here one pacer (mixer.pacer.run_pacer,
+hundred calls that, not the mixing, is where the CPU goes. Here one pacer (mixer.pacer.Pacer,
 absolute deadlines, stall resync, idle wait) ticks on a shared 20 ms grid and, at each tick, asks
 every streaming call for the frames it owes: one per tick, or its lead's worth at once when it
 starts playing after being idle, so each call still runs OUTBOUND_LEAD_MS ahead of real time.
+
+Who runs the ticks: the media plane's event loop when `python app.py` serves (drive_from: the
+loop polls the clock between socket events, so inbound frames, the mixing and our sends share
+one thread and never wait for the GIL behind each other); otherwise a thread of the clock's own,
+started with the first call (flask-sock under another WSGI server, tests).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
-from mixer.pacer import PacerStats, run_pacer
+from mixer.pacer import Pacer, PacerStats
 
 logger = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 1.0
 
 
 class Paced(Protocol):
@@ -34,38 +42,84 @@ class MediaClock:
         # Frames sent at once when a call starts playing: the lead plus the frame due now.
         self.burst = 1 + round(lead_seconds / frame_seconds)
         self.stats = PacerStats()
-        self.frames = 0  # frames produced, all calls together; written by the clock thread only
+        self.frames = 0  # frames produced, all calls together; written by the ticking thread only
         self._on_tick = on_tick
-        # Guards _calls; the tick works on a snapshot so calls come and go without waiting.
+        self._pacer = Pacer(self._tick, frame_seconds=frame_seconds, lead_seconds=0.0, stats=self.stats)
+        self._idle = True  # the pacer's run is over until poke() (ticking thread only)
+        # Guards _calls, _thread and _waker; the tick works on a snapshot so calls come and go freely.
         self._lock = threading.Lock()
         self._calls: dict[Paced, bool] = {}  # call -> was idle at the last tick
-        self.wake = threading.Event()
+        self._woken = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._waker: Callable[[], None] | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="media-clock", daemon=True)
-        self._thread.start()
+    # -- any thread -------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def poke(self) -> None:
+        """Something may have become audible: tick now if the clock was idle."""
+        self._woken.set()
+        waker = self._waker
+        if waker is not None:
+            waker()
 
     def add(self, call: Paced) -> None:
         with self._lock:
             self._calls.setdefault(call, True)
-        self.wake.set()
+            if self._waker is None and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="media-clock", daemon=True)
+                self._thread.start()
+        self.poke()
 
     def remove(self, call: Paced) -> None:
         with self._lock:
             self._calls.pop(call, None)
 
+    def drive_from(self, waker: Callable[[], None]) -> None:
+        """Let an event loop run the ticks: it calls next_deadline()/run_due(), and `waker` (any
+        thread) makes it poll again soon. Call before the first call is added."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the media clock already runs its own thread")
+            self._waker = waker
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._woken.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+
+    # -- the ticking thread -----------------------------------------------------------------------
+
+    def next_deadline(self, now: float) -> float | None:
+        """When the next tick is due (maybe already), or None while idle and not poked."""
+        if self._idle:
+            if not self._woken.is_set() or self._stop.is_set():
+                return None
+            self._woken.clear()
+            self._idle = False
+            self._pacer.restart(now)
+        return self._pacer.next_deadline
+
+    def run_due(self, now: float) -> None:
+        """Tick if a tick is due at `now` (call after next_deadline)."""
+        if not self._idle and now >= self._pacer.next_deadline and not self._pacer.fire(now):
+            self._idle = True
+
     def _run(self) -> None:
         try:
-            run_pacer(self._tick, frame_seconds=self.frame_seconds, lead_seconds=0.0,
-                      stop=self._stop, wake=self.wake, stats=self.stats)
+            while not self._stop.is_set():
+                deadline = self.next_deadline(time.monotonic())
+                if deadline is None:
+                    self._woken.wait(IDLE_POLL_SECONDS)
+                    continue
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # precise; a stop waits at most one frame
+                    continue
+                self.run_due(time.monotonic())
         except Exception:
             logger.exception("media clock crashed; no call gets frames any more")
             raise

@@ -65,6 +65,16 @@ class Handler(Protocol):
 AcceptFn = Callable[[str, str, dict[str, str], str], "Handler | None"]
 
 
+class Timer(Protocol):
+    """Work the loop runs on a schedule between socket events (the media clock)."""
+
+    def next_deadline(self, now: float) -> float | None:
+        """Monotonic time of the next run (maybe past), or None for nothing scheduled."""
+
+    def run_due(self, now: float) -> None:
+        """Run what is due at `now`."""
+
+
 class Connection:
     """One accepted websocket. Sending and closing are thread-safe and never block."""
 
@@ -435,8 +445,10 @@ class FrontDoor:
                  idle_timeout_s: float = 10.0, handshake_timeout_s: float = 10.0,
                  close_timeout_s: float = 2.0, max_message_size: int = 1 << 20,
                  max_backlog: int = 1 << 20, send_buffer_bytes: int | None = None,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, timer: Timer | None = None) -> None:
         self.ws_paths = frozenset(ws_paths)
+        # Run on the loop thread; wake() makes the loop ask it again for its next deadline.
+        self._timer = timer
         self._accept_fn = accept
         self.idle_timeout_s = idle_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
@@ -531,6 +543,10 @@ class FrontDoor:
 
     # -- cross-thread signalling ---------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Make the loop poll its timer again soon (any thread)."""
+        self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"x")
@@ -565,11 +581,23 @@ class FrontDoor:
         sel.register(self._listener, _READ, self._on_acceptable)
         sel.register(self._wake_r, _READ, None)
         next_sweep = time.monotonic() + _SWEEP_S
+        timer = self._timer
         try:
             while not self._stopping.is_set():
-                timeout = _REPEEK_S if self._undecided else max(0.0, next_sweep - self._now)
+                now = time.monotonic()
+                timeout = _REPEEK_S if self._undecided else max(0.0, next_sweep - now)
+                if timer is not None:
+                    due = timer.next_deadline(now)
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, due - now))
                 events = sel.select(timeout)
                 self._now = now = time.monotonic()
+                if timer is not None:
+                    # Before the events: our frames have a deadline, inbound ones can wait a moment.
+                    try:
+                        timer.run_due(now)
+                    except Exception:
+                        logger.exception("media plane: timer failed")
                 for key, mask in events:
                     callback = key.data
                     try:

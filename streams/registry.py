@@ -30,7 +30,6 @@ class SessionRegistry:
         self.clock = MediaClock(frame_seconds=settings.frame_ms / 1000, lead_seconds=settings.lead_ms / 1000,
                                 on_tick=self._report_clock)
         self._reported = (0, 0, 0)
-        self.clock.start()
         metrics.gauge("active_sessions", lambda: len(self._by_call))
         metrics.gauge("active_injections", self._count_active_injections)
 

@@ -98,7 +98,7 @@ class CallSession:
         self.frames_received = 0
 
     def _new_mixer(self) -> Mixer:
-        return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.wake.set)
+        return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
 
     @property
     def sample_rate(self) -> int:
