@@ -26,12 +26,13 @@ class Limiter:
         self._step_db = release_db_per_second / sample_rate
         self.gain_db = 0.0  # current gain reduction (<= 0)
 
-    def process(self, x: np.ndarray) -> None:
-        """Limit float32 `x` in place."""
+    def process(self, x: np.ndarray, peak: float | None = None) -> None:
+        """Limit float32 `x` in place; `peak` is max |x| when the caller has it already."""
         n = len(x)
         if n == 0:
             return
-        peak = max(float(x.max()), -float(x.min()))
+        if peak is None:
+            peak = max(float(x.max()), -float(x.min()))
         if self.gain_db >= 0.0 and peak <= self.threshold:
             return
         i = np.arange(n, dtype=np.float64)

@@ -1,16 +1,17 @@
 """The mixer of one call: any number of sources summed into one frame at a time.
 
-Threads: REST threads call add / set_gain / stop / stop_all, the socket thread calls feed_caller,
-the pacer thread calls mix (50 times a second). One lock, `_lock`, guards all mutable state: the
-track table, the finished-track bookkeeping, the speech detector, the duck envelope and the
-limiter. mix() holds it for one frame's arithmetic only (tens of microseconds).
+Threads: REST threads call add / set_gain / stop / stop_all, the socket or clock thread feeds
+caller levels, and one mixing thread (the media clock) calls mix, or mix_into and limit (50 times
+a second). One lock, `_lock`, guards the track table, the finished-track bookkeeping, the speech
+detector and the duck envelope; it is held for one frame's arithmetic only (microseconds). The
+limiter belongs to the mixing thread alone.
 
 Click-freedom: every gain change is a ramp (set_gain over GAIN_RAMP_MS, stop over the track's
 fade-out or STOP_FADE_MS, ducking over attack/release), and a looping source crossfades its end
 into its start over LOOP_CROSSFADE_MS, so the output never jumps further than the sources do.
 
-Bit-exactness: a track at 0 dB with no fade and no ducking is added to a zeroed float32 buffer
-as is; below the limiter's threshold the limiter leaves it alone; the int16 conversion is
+Bit-exactness: a track at 0 dB with no fade and no ducking is copied into the float32 frame as
+is; below the limiter's threshold the limiter leaves it alone; the int16 conversion is
 float_to_pcm16's. So one such track comes out exactly as float_to_pcm16(samples).
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixer.codecs import float_to_pcm16
 from mixer.ducking import DuckEnvelope, DuckingConfig, SpeechDetector, rms_dbfs
 from mixer.geometry import FrameGeometry
 from mixer.limiter import Limiter
@@ -258,9 +260,12 @@ class Mixer:
 
     def feed_caller(self, pcm: np.ndarray) -> None:
         """Inbound caller audio (int16 at the stream rate), for the ducking detector."""
-        level = rms_dbfs(pcm)
+        self.feed_level(rms_dbfs(pcm), len(pcm))
+
+    def feed_level(self, level_dbfs: float, samples: int) -> None:
+        """The RMS level of `samples` of inbound caller audio (see ducking.levels_dbfs)."""
         with self._lock:
-            self._detector.feed_level(level, len(pcm))
+            self._detector.feed_level(level_dbfs, samples)
 
     # -- state (any thread) ---------------------------------------------------------------------
 
@@ -286,34 +291,55 @@ class Mixer:
         with self._lock:
             return list(self._tracks)
 
-    # -- the pacer thread -----------------------------------------------------------------------
+    # -- the mixing thread (one thread only: the limiter is its own) ------------------------------
 
     def mix(self) -> MixedFrame | None:
         """The next frame, or None when nothing plays (then no time passes for the sources)."""
+        acc = self._acc
+        finished = self.mix_into(acc)
+        if finished is None:
+            return None
+        self.limit(acc)
+        return MixedFrame(float_to_pcm16(acc), finished)
+
+    def mix_into(self, acc: np.ndarray) -> tuple[str, ...] | None:
+        """Sum every track's next frame into float32 `acc` (overwritten), before the limiter.
+
+        Returns the tracks that ended in this frame, or None when nothing plays (then `acc` is
+        untouched and no time passes for the sources). Callers that mix many calls per tick
+        finish the frames together (mixer.batch); others call mix().
+        """
         n = self._n
-        acc, tmp, steps = self._acc, self._tmp, self._steps
+        tmp, steps = self._tmp, self._steps
         with self._lock:
             if not self._tracks:
                 # Silence is a full release: the next sound starts without leftover gain reduction.
                 self._limiter.gain_db = 0.0
                 return None
-            acc.fill(0.0)
             duck_gain = self._duck.advance(n, self._detector.speaking)
             finished: list[str] = []
+            first = True  # the first track is written into acc, the others added to it
             for key, track in self._tracks.items():
                 seg = track.read(n)
                 m = len(seg)
+                if first and m < n:
+                    acc.fill(0.0)
+                    first = False
                 if m:
                     gain = track.envelope(m, steps, duck_gain if m == n or isinstance(duck_gain, float)
                                           else duck_gain[:m])
-                    if isinstance(gain, float):
-                        if gain == 1.0:
-                            np.add(acc[:m], seg, out=acc[:m])
+                    if first:
+                        # acc = seg * gain equals 0 + seg * gain up to the sign of zero, which
+                        # the int16 conversion erases: the output stays bit-exact.
+                        if isinstance(gain, float) and gain == 1.0:
+                            np.copyto(acc, seg)
                         else:
-                            np.multiply(seg, np.float32(gain), out=tmp[:m])
-                            np.add(acc[:m], tmp[:m], out=acc[:m])
+                            np.multiply(seg, np.float32(gain) if isinstance(gain, float) else gain, out=acc)
+                        first = False
+                    elif isinstance(gain, float) and gain == 1.0:
+                        np.add(acc[:m], seg, out=acc[:m])
                     else:
-                        np.multiply(seg, gain, out=tmp[:m])
+                        np.multiply(seg, np.float32(gain) if isinstance(gain, float) else gain, out=tmp[:m])
                         np.add(acc[:m], tmp[:m], out=acc[:m])
                     track.pos += m
                 if track.ended or m < n:
@@ -322,12 +348,10 @@ class Mixer:
                 self._finished_played[key] = self._tracks.pop(key).pos
             while len(self._finished_played) > _FINISHED_MEMORY:
                 self._finished_played.popitem(last=False)
-            self._limiter.process(acc)
-            # Same arithmetic as codecs.float_to_pcm16, without its temporaries.
-            np.multiply(acc, np.float32(32768.0), out=tmp)
-            np.rint(tmp, out=tmp)
-            np.clip(tmp, -32768.0, 32767.0, out=tmp)
-            pcm = tmp.astype(np.int16)
         if finished and logger.isEnabledFor(logging.DEBUG):
             logger.debug("tracks ended: %s", ", ".join(finished))
-        return MixedFrame(pcm, tuple(finished))
+        return tuple(finished)
+
+    def limit(self, acc: np.ndarray, peak: float | None = None) -> None:
+        """The limiter, in place, on a frame from mix_into; `peak` (max |acc|) if already known."""
+        self._limiter.process(acc, peak)

@@ -18,21 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from mixer.pacer import Pacer, PacerStats
+from streams.framer import Framed, Framer
 
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
-
-
-class Paced(Protocol):
-    call_control_id: str
-
-    def produce(self) -> bool:
-        """Send one frame; False when the call has nothing to play."""
-        ...
 
 
 class MediaClock:
@@ -48,7 +40,8 @@ class MediaClock:
         self._idle = True  # the pacer's run is over until poke() (ticking thread only)
         # Guards _calls, _thread and _waker; the tick works on a snapshot so calls come and go freely.
         self._lock = threading.Lock()
-        self._calls: dict[Paced, bool] = {}  # call -> was idle at the last tick
+        self._calls: dict[Framed, bool] = {}  # call -> was idle at the last tick
+        self._framer = Framer()
         self._woken = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,7 +56,7 @@ class MediaClock:
         if waker is not None:
             waker()
 
-    def add(self, call: Paced) -> None:
+    def add(self, call: Framed) -> None:
         with self._lock:
             self._calls.setdefault(call, True)
             if self._waker is None and self._thread is None and not self._stop.is_set():
@@ -71,7 +64,7 @@ class MediaClock:
                 self._thread.start()
         self.poke()
 
-    def remove(self, call: Paced) -> None:
+    def remove(self, call: Framed) -> None:
         with self._lock:
             self._calls.pop(call, None)
 
@@ -127,33 +120,25 @@ class MediaClock:
     def _tick(self) -> bool:
         with self._lock:
             calls = list(self._calls.items())
-        busy = False
-        idle_now: list[Paced] = []
-        active_now: list[Paced] = []
-        for call, was_idle in calls:
-            try:
-                sent = call.produce()
-                if sent:
-                    self.frames += 1
-                if sent and was_idle:
-                    for _ in range(self.burst - 1):
-                        if not call.produce():
-                            break
-                        self.frames += 1
-            except Exception:  # one broken call must not silence the others
-                logger.exception("[%s] frame production failed", call.call_control_id)
-                sent = False
-            busy = busy or sent
-            if sent == was_idle:
-                (active_now if sent else idle_now).append(call)
-        if idle_now or active_now:
+        everyone = [call for call, _ in calls]
+        framer = self._framer
+        framer.feed_levels(everyone)
+        sent = framer.produce(everyone)
+        self.frames += len(sent)
+        playing = set(sent)
+        # A call that starts playing sends its lead at once: burst - 1 more frames.
+        started = [call for call, was_idle in calls if was_idle and call in playing]
+        for _ in range(self.burst - 1):
+            if not started:
+                break
+            started = framer.produce(started)
+            self.frames += len(started)
+        changed = [(call, call not in playing) for call, was_idle in calls if was_idle == (call in playing)]
+        if changed:
             with self._lock:
-                for call in idle_now:
+                for call, idle in changed:
                     if call in self._calls:
-                        self._calls[call] = True
-                for call in active_now:
-                    if call in self._calls:
-                        self._calls[call] = False
+                        self._calls[call] = idle
         if self._on_tick is not None:
             self._on_tick(self.stats)
-        return busy
+        return bool(sent)

@@ -1,7 +1,7 @@
 """One call: its status, its mixer and injections, its media socket.
 
 Threads that touch a session: request threads (webhooks, REST), the socket's reader (inbound
-frames) and the process's media clock (outbound frames, through produce()). `_lock` guards the
+frames) and the process's media clock (outbound frames: begin_frame, end_frame). `_lock` guards the
 session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
 The clock never touches the database or Flask: it only puts events on the event log's queue.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,14 @@ from mixer.mixer import DuckingConfig, Mixer
 from streams import protocol
 from streams.clock import MediaClock
 from streams.connection import Sender
+from streams.framer import OutFrame
 from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 LIVE = LIVE_STATUSES  # one definition: the event log marks exactly these interrupted at start-up
 TERMINAL_INJECTION = ("finished", "stopped", "failed")
+CALLER_AUDIO_BACKLOG = 25  # inbound frames kept for the ducking detector between clock ticks
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class CallSession:
         self._pending_marks: set[str] = set()
         self._not_started: list[Injection] = []  # mixed injections whose first frame is still due
         self._conn: Sender | None = None
+        # Inbound audio not yet measured for ducking (socket thread appends, clock thread takes).
+        # Bounded: nobody measures it while the clock is idle, and only the last moments matter.
+        self._caller_audio: deque[bytes] = deque(maxlen=CALLER_AUDIO_BACKLOG)
         self._dead_conn: Sender | None = None  # the socket whose last send failed (clock thread only)
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
@@ -198,9 +204,12 @@ class CallSession:
         self.save()
 
     def on_caller_audio(self, media: protocol.Media) -> None:
+        """Keep the caller's audio for the clock, which measures every call's at once for ducking."""
         self.frames_received += 1
-        if media.track == "inbound":
-            self.mixer.feed_caller(self._codec.decode(media.payload))
+        payload = media.payload
+        width = self._codec.bytes_per_sample
+        if media.track == "inbound" and len(payload) >= width:
+            self._caller_audio.append(payload[:len(payload) - len(payload) % width])
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -313,15 +322,38 @@ class CallSession:
 
     # -- the media clock's thread -----------------------------------------------------------------
 
-    def produce(self) -> bool:
-        """Mix, encode and send one frame; False when there is nothing to play or nobody to hear it."""
+    @property
+    def frame_samples(self) -> int:
+        return self.geometry.samples_per_frame
+
+    def take_caller_audio(self) -> tuple[Codec, Mixer, list[bytes]] | None:
+        """The inbound audio received since the last call, with what measures and hears it."""
+        pending = self._caller_audio
+        if not pending:
+            return None
+        chunks = []
+        while pending:
+            chunks.append(pending.popleft())
+        return self._codec, self.mixer, chunks
+
+    def begin_frame(self, out: np.ndarray) -> OutFrame | None:
+        """Mix the next frame into float32 `out`; None when there is nothing to play or nobody
+        to hear it. The clock finishes and encodes it (streams.framer), then calls end_frame."""
         conn = self._conn
         if conn is None or conn is self._dead_conn:
-            return False  # don't use up the injections' audio on a socket that takes nothing
-        frame = self.mixer.mix()
-        if frame is None:
-            return False
-        if not conn.send(protocol.media_frame(self._codec.encode(frame.pcm))):
+            return None  # don't use up the injections' audio on a socket that takes nothing
+        mixer = self.mixer
+        if len(out) != mixer.geometry.samples_per_frame:
+            return None  # the stream's sample rate changed since the clock looked
+        finished = mixer.mix_into(out)
+        if finished is None:
+            return None
+        return OutFrame(conn, mixer, self._codec, finished)
+
+    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
+        """Send one encoded frame; False when the socket did not take it."""
+        conn = frame.conn
+        if not conn.send(protocol.media_frame(payload)):
             self._dead_conn = conn
             if frame.finished:
                 # Their marks cannot reach Telnyx; detach() settles them once the socket is gone.

@@ -1,0 +1,128 @@
+"""One tick of the media clock for many calls: caller levels in, mixed and encoded frames out.
+
+Per call, the work of a tick is a few numpy operations on 160 samples, where numpy's fixed
+cost per operation dominates. So the framer batches across calls (see mixer.batch):
+- inbound: the caller audio each call received since the last tick is decoded and measured in
+  one pass per codec, then fed to each call's ducking detector;
+- outbound: each call mixes into one row of a block; the block is limited, converted and
+  encoded together, and each call sends its row.
+Only the mixing itself, and the send, stay per call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from mixer.batch import FrameBlock, finish_frames
+from mixer.codecs import Codec
+from mixer.ducking import levels_dbfs
+from mixer.mixer import Mixer
+from streams.connection import Sender
+
+logger = logging.getLogger(__name__)
+
+
+class OutFrame:
+    """A call's mixed frame on its way out: where it goes and what finishes and encodes it."""
+
+    __slots__ = ("codec", "conn", "finished", "mixer")
+
+    def __init__(self, conn: Sender, mixer: Mixer, codec: Codec, finished: tuple[str, ...]) -> None:
+        self.conn = conn
+        self.mixer = mixer
+        self.codec = codec
+        self.finished = finished
+
+
+class Framed(Protocol):
+    """A call as the framer sees it (streams.session.CallSession)."""
+
+    call_control_id: str
+
+    @property
+    def frame_samples(self) -> int: ...
+
+    def take_caller_audio(self) -> tuple[Codec, Mixer, list[bytes]] | None: ...
+
+    def begin_frame(self, out: np.ndarray) -> OutFrame | None:
+        """Mix the next frame into `out`; None when the call has nothing to send."""
+
+    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
+        """Send the encoded frame; False when it could not be sent."""
+
+
+class Framer:
+    """Used by the media clock's thread only."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, FrameBlock] = {}
+
+    def feed_levels(self, calls: Sequence[Framed]) -> None:
+        """Measure the caller audio every call received since the last tick, for ducking."""
+        groups: dict[str, tuple[Codec, list[bytes], list[tuple[Mixer, int]]]] = {}
+        for call in calls:
+            try:
+                taken = call.take_caller_audio()
+            except Exception:
+                logger.exception("[%s] reading caller audio failed", call.call_control_id)
+                continue
+            if taken is None:
+                continue
+            codec, mixer, chunks = taken
+            group = groups.get(codec.name)
+            if group is None:
+                group = groups[codec.name] = (codec, [], [])
+            group[1].extend(chunks)
+            width = codec.bytes_per_sample
+            group[2].extend((mixer, len(chunk) // width) for chunk in chunks)
+        for codec, chunks, owners in groups.values():
+            pcm = codec.decode(b"".join(chunks))
+            levels = levels_dbfs(pcm, [samples for _, samples in owners])
+            for (mixer, samples), level in zip(owners, levels, strict=True):
+                mixer.feed_level(level, samples)
+
+    def produce(self, calls: Sequence[Framed]) -> list[Framed]:
+        """One frame for each call that has something to send; returns the calls that sent one."""
+        by_size: dict[int, list[Framed]] = defaultdict(list)
+        for call in calls:
+            by_size[call.frame_samples].append(call)
+        sent: list[Framed] = []
+        for samples, group in by_size.items():
+            block = self._blocks.get(samples)
+            if block is None:
+                block = self._blocks[samples] = FrameBlock(samples)
+            rows = block.rows(len(group))
+            mixed: list[tuple[Framed, OutFrame]] = []
+            for call in group:
+                try:
+                    frame = call.begin_frame(rows[len(mixed)])
+                except Exception:  # one broken call must not silence the others
+                    logger.exception("[%s] mixing failed", call.call_control_id)
+                    continue
+                if frame is not None:
+                    mixed.append((call, frame))
+            if mixed:
+                self._send(rows[:len(mixed)], mixed, sent)
+        return sent
+
+    @staticmethod
+    def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
+        pcm = finish_frames(rows, [frame.mixer for _, frame in mixed])
+        codec = mixed[0][1].codec
+        if all(frame.codec.name == codec.name for _, frame in mixed):
+            data = codec.encode(pcm)
+            size = len(data) // len(mixed)
+            payloads = [data[i * size:(i + 1) * size] for i in range(len(mixed))]
+        else:  # calls of one frame size on different codecs: rare, encode row by row
+            payloads = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
+        for (call, frame), payload in zip(mixed, payloads, strict=True):
+            try:
+                if call.end_frame(frame, payload):
+                    sent.append(call)
+            except Exception:
+                logger.exception("[%s] sending a frame failed", call.call_control_id)
