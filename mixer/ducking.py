@@ -86,10 +86,7 @@ class DuckEnvelope:
         self._up_step = -config.depth_db / release
         self._steps = np.arange(1, frame_samples + 1, dtype=np.float64)
         self.level_db = 0.0
-
-    @property
-    def gain(self) -> float:
-        return float(10.0 ** (self.level_db / 20.0))
+        self.gain = 1.0  # 10 ** (level_db / 20), kept up to date: asked for every frame
 
     def advance(self, n: int, speaking: bool) -> float | np.ndarray:
         """Gain for the next `n` samples: a float while steady, a float32 ramp while moving."""
@@ -102,4 +99,5 @@ class DuckEnvelope:
         else:
             db = np.minimum(self.level_db + self._up_step * steps, target)
         self.level_db = float(db[-1])
+        self.gain = float(10.0 ** (self.level_db / 20.0))
         return (10.0 ** (db / 20.0)).astype(np.float32)

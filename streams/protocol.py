@@ -1,6 +1,7 @@
 """Telnyx media-streaming WebSocket frames: the only module that knows their JSON field names.
 
-Inbound frames (Telnyx -> us) parse into frozen dataclasses; anything malformed raises
+Inbound frames (Telnyx -> us) parse into frozen dataclasses (media, 50 a second per call, into
+a NamedTuple, which builds several times faster); anything malformed raises
 ProtocolError with a precise reason. Outbound frames (us -> Telnyx) are built here too.
 Shapes follow the Telnyx media streaming guide: top-level `stream_id`, string
 `sequence_number`/`chunk`/`timestamp`, `start.media_format`, error body under `payload`.
@@ -13,7 +14,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 AUTH_TOKEN_HEADER = "x-telnyx-streaming-auth-token"
 
@@ -47,8 +48,7 @@ class Start:
     custom_parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Media:
+class Media(NamedTuple):
     payload: bytes
     track: str  # "inbound" or "outbound"
     chunk: int | None
@@ -166,19 +166,17 @@ def _parse_media(msg: dict[str, Any]) -> Media:
     if not isinstance(payload, str):
         raise ProtocolError("media: 'media.payload' must be a base64 string")
     try:
-        audio = base64.b64decode(payload, validate=True)
+        audio = binascii.a2b_base64(payload, strict_mode=True)  # base64.b64decode(validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("media: 'media.payload' is not valid base64") from None
     track = media.get("track", "inbound")
     if not isinstance(track, str):
         raise ProtocolError("media: 'media.track' must be a string")
     chunk = media.get("chunk")
-    return Media(
-        payload=audio,
-        track=track.removesuffix("_track"),
-        chunk=int(chunk) if isinstance(chunk, str) and chunk.isdigit() else None,
-        stream_id=_opt_str(msg, "stream_id"),
-    )
+    stream_id = msg.get("stream_id")
+    return Media(audio, track.removesuffix("_track"),
+                 int(chunk) if isinstance(chunk, str) and chunk.isdigit() else None,
+                 stream_id if isinstance(stream_id, str) else None)
 
 
 def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
