@@ -83,10 +83,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def shutdown(app: Flask) -> None:
-    """Stop every mixer, mark live calls interrupted, flush the event log. Idempotent."""
+def shutdown(app: Flask, door: MediaFrontDoor | None = None) -> None:
+    """Stop every mixer, mark live calls interrupted, flush the event log. Idempotent.
+
+    With the `door`, it is closed after the calls end and before the last row, so nothing
+    (such as Telnyx's streaming.stopped webhook) is logged after "server.stopped".
+    """
     rt: Runtime = app.extensions["mixer_runtime"]
     rt.registry.shutdown()
+    if door is not None:
+        door.stop()
     rt.log.record("server.stopped", None)
     rt.log.flush()
     rt.commands.close()  # type: ignore[attr-defined]
@@ -120,7 +126,7 @@ def main() -> None:
     # What start-up allocated lives for the whole process: keep it out of every later collection,
     # so full collections stay short instead of stalling the media clock.
     gc.freeze()
-    # The media clock must not wait the default 5 ms for the GIL behind the socket loop or a
+    # The media loop (sockets and clock) must not wait the default 5 ms for the GIL behind a
     # request thread: that wait shows up directly as frame-gap jitter.
     sys.setswitchinterval(0.001)
     door = serve(app, cfg.HOST, cfg.PORT)
@@ -129,9 +135,8 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    # Calls first (marked interrupted, log flushed), then the sockets and the HTTP pool.
-    shutdown(app)
-    door.stop()
+    # Calls first (marked interrupted), then the sockets and the HTTP pool, then the log.
+    shutdown(app, door)
 
 
 if __name__ == "__main__":

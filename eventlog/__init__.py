@@ -1,6 +1,7 @@
 """The durable event log: one SQLite file (WAL), one writer thread fed by a queue.
 
-Request threads and pacer threads only put rows on the queue, so nothing blocks on disk.
+Request threads and the media loop only append rows to a queue, so nothing blocks on disk; the
+writer commits them in batches every WRITE_INTERVAL_S (flush() waits for a commit).
 Readers open their own short-lived connections; WAL lets them read while the writer writes.
 """
 
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
 # Statuses of a call that was still live when the process stopped; see mark_interrupted.
+WRITE_INTERVAL_S = 0.02
 LIVE_STATUSES = ("answering", "answered", "streaming", "disconnected")
 
 
@@ -56,7 +58,11 @@ class EventLog:
     def __init__(self, path: Path, *, batch: int = 500) -> None:
         self.path = path
         self._batch = batch
-        self._queue: queue.Queue[_Event | _CallUpsert | _Flush | None] = queue.Queue()
+        # Appended to by any thread without waking the writer: the media loop records events
+        # too, and a wake-up per record would hand the GIL to the writer each time. The writer
+        # drains it every WRITE_INTERVAL_S, or at once for flush() and close().
+        self._queue: deque[_Event | _CallUpsert | _Flush | None] = deque()
+        self._wakeup = threading.Event()
         # Set by the writer thread when a write fails; read by /health. Plain attribute:
         # a single reference assignment, no lock needed.
         self.last_error: str | None = None
@@ -69,24 +75,26 @@ class EventLog:
     # -- writing (any thread, never blocks) -------------------------------------------------
 
     def record(self, event: str, call_control_id: str | None = None, **data: Any) -> None:
-        self._queue.put(_Event(utc_now(), call_control_id, event, _dumps(data)))
+        self._queue.append(_Event(utc_now(), call_control_id, event, _dumps(data)))
 
     def save_call(self, call_control_id: str, status: str, view: dict[str, Any],
                   stream_id: str | None = None) -> None:
         """Upsert the call's row so /streams?status=all survives a restart."""
-        self._queue.put(_CallUpsert(call_control_id, stream_id, status, _dumps(view), utc_now()))
+        self._queue.append(_CallUpsert(call_control_id, stream_id, status, _dumps(view), utc_now()))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is committed."""
         if not self._thread.is_alive():
             return False
         marker = _Flush(threading.Event())
-        self._queue.put(marker)
+        self._queue.append(marker)
+        self._wakeup.set()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.append(None)
+            self._wakeup.set()
             self._thread.join(timeout)
 
     @property
@@ -176,13 +184,15 @@ class EventLog:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         stopping = False
+        pending = self._queue
         while not stopping:
-            items = [self._queue.get()]
-            while len(items) < self._batch:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            if not pending:
+                self._wakeup.wait(WRITE_INTERVAL_S)
+                self._wakeup.clear()
+                continue
+            items: list[_Event | _CallUpsert | _Flush | None] = []
+            while pending and len(items) < self._batch:
+                items.append(pending.popleft())
             flushes = [i for i in items if isinstance(i, _Flush)]
             stopping = any(i is None for i in items)
             self._write(db, items)
@@ -212,9 +222,7 @@ class EventLog:
             # Keep serving calls; /health turns degraded and the rows are kept for the next try.
             self.last_error = str(exc)
             logger.error("event log write failed (%d rows kept for retry): %s", len(events) + len(calls), exc)
-            for item in items:
-                if isinstance(item, _Event | _CallUpsert):
-                    self._queue.put(item)
+            self._queue.extendleft(reversed([i for i in items if isinstance(i, _Event | _CallUpsert)]))
             threading.Event().wait(0.5)
 
 

@@ -95,6 +95,8 @@ def inject(key: str) -> tuple[Response, int]:
         fade_out_ms=req.fade_out_ms, duck=req.duck, label=req.label, mode=req.mode,
         duration_ms=duration_ms,
     )
+    # The answer shows it as created (DESIGN §5): the clock may start playing it before we reply.
+    view = session.injection_view(inj)
     refused = session.add_injection(inj, samples, max_active=rt.config.MAX_ACTIVE_INJECTIONS)
     if refused == "too_many":
         raise _too_many()
@@ -102,7 +104,7 @@ def inject(key: str) -> tuple[Response, int]:
         raise _not_active(session.call_control_id, session.status)
     if req.mode == "playback":
         rt.start_playback(session, inj, req.value)
-    return jsonify(session.injection_view(inj)), 201
+    return jsonify(view), 201
 
 
 @bp.get("/streams/<key>/injections/<inj_id>")

@@ -35,8 +35,11 @@ class LiveServer:
         self.http.close()
 
     def crash(self) -> None:
-        """Go away without ending the calls, as a killed process would (the log is flushed)."""
-        self.app.extensions["mixer_runtime"].log.flush()
+        """Go away without ending the calls, as a killed process would (what it logged so far is
+        committed; nothing it would log later, like the sockets closing, reaches the file)."""
+        log = self.app.extensions["mixer_runtime"].log
+        log.flush()
+        log.close()
         self.close_transport()
 
 
