@@ -18,6 +18,13 @@ try:
     import numpy as _np
 except ImportError:  # numpy only speeds up large payloads; the int path handles every size
     _np = None
+_apply_mask: Any
+try:
+    # The websockets package's C XOR (it is installed for the simulator): ~0.2 us for a media
+    # frame against ~1.8 us for the big-int XOR below, 50 times a second per call.
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:
+    _apply_mask = None
 
 OP_CONT = 0x0
 OP_TEXT = 0x1
@@ -50,6 +57,8 @@ _NUMPY_MIN = 2048
 
 def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     """XOR `payload` with the repeating 4-byte client `mask`; returns a new bytes object."""
+    if _apply_mask is not None:
+        return bytes(_apply_mask(payload, mask))
     n = len(payload)
     if n >= _NUMPY_MIN and _np is not None:
         key = _np.frombuffer(bytes(mask) * (n // 4 + 1), dtype=_np.uint8, count=n)
