@@ -5,8 +5,10 @@ every 20 ms), `dtmf`, `mark` echoes, `error` and `stop` as JSON text frames. It 
 app's `media`, `mark` and `clear` frames and plays the media to the caller on a playout clock.
 
 Scale: all streams share one event-loop thread and one absolute-deadline ticker that sends every
-stream's caller frame; each stream has only a reader task. Per-message work is a dict lookup,
-a base64 decode and a list append; nothing is logged per frame.
+stream's caller frame. A stream has no task of its own once it runs: its socket (simulator.wsclient)
+parses frames in `data_received` and calls the stream's handler inline, and a send is one
+`transport.write`. Per-message work is a JSON parse, a base64 decode, a G.711 table lookup and a
+few appends; nothing is logged per frame.
 
 Behaviour chosen where the public documentation is silent (see PROTOCOL.md "UNCONFIRMED"):
 - error frames are `{"event":"error","payload":{code,title,detail},"stream_id"}` without a
@@ -43,13 +45,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import soundfile as sf
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
 
 from simulator import g711
 from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
 from simulator.webhooks import iso_now
+from simulator.wsclient import ConnectionClosed, HandshakeError, InvalidStatus, WebSocketClient, open_socket
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ MAX_CHUNK_S = 30.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Skip (and count) a caller frame rather than stall every call when one app stops reading.
 MAX_WRITE_BUFFER = 256 * 1024
+CLOSE_TIMEOUT_S = 2.0
 MP3_MIN_INTERVAL_S = 1.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -163,21 +164,19 @@ async def probe_socket(url: str, auth_token: str | None, start_frame: dict[str, 
     if auth_token is not None:
         connected["x-telnyx-streaming-auth-token"] = auth_token
     try:
-        ws = await connect(url, additional_headers=headers, compression=None, proxy=None, open_timeout=timeout,
-                           ping_interval=None, user_agent_header=None, close_timeout=1)
+        ws = await open_socket(url, headers, max_size=MAX_MESSAGE_BYTES, open_timeout=timeout, close_timeout=1)
     except InvalidStatus as exc:
-        return int(exc.response.status_code)
+        return exc.status
     try:
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(_dumps(connected))
-            await ws.send(_dumps(start_frame))
-        # Poll for the close frame itself: the TCP close that ends `recv` can lag well behind it.
+            ws.send_text(_dumps(connected))
+            ws.send_text(_dumps(start_frame))
+        # Poll for the close frame itself: the TCP close that ends the connection can lag well behind it.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rcvd = ws.protocol.close_rcvd
-            if rcvd is not None:
-                return rcvd.code
-            if ws.protocol.state is State.CLOSED:
+            if ws.close_rcvd is not None:
+                return ws.close_rcvd[0]
+            if ws.closed:
                 return ws.close_code
             await asyncio.sleep(0.01)
         return None
@@ -326,7 +325,7 @@ class MediaStream:
         self._on_started = on_started
         self._on_failed = on_failed
         self._on_peer_closed = on_peer_closed
-        self.ws: ClientConnection | None = None
+        self.ws: WebSocketClient | None = None
         self.seq = 0
         self.chunk = 0
         self.closing = False  # we are ending this connection (stop, drop, hangup)
@@ -359,10 +358,9 @@ class MediaStream:
             self._on_failed(self, "connection_failed")
             return
         try:
-            self.ws = await connect(self.params.url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
-                                    compression=None, proxy=None, open_timeout=self.engine.connect_timeout_s,
-                                    ping_interval=None, close_timeout=2, user_agent_header=None)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            self.ws = await open_socket(self.params.url, headers, max_size=MAX_MESSAGE_BYTES,
+                                        open_timeout=self.engine.connect_timeout_s, close_timeout=CLOSE_TIMEOUT_S)
+        except (OSError, HandshakeError, ValueError, TimeoutError) as exc:
             logger.info("stream %s: cannot connect to %s: %s", self.stream_id, self.params.url, exc)
             self._on_failed(self, "connection_failed")
             return
@@ -376,15 +374,16 @@ class MediaStream:
         now = time.monotonic()
         self.state.recorder.begin(now, self.params.playout_rate)
         try:
-            await self._send_json(connected)
-            await self._send_json(self._start_frame())
+            self._send_json(connected)
+            self._send_json(self._start_frame())
         except ConnectionClosed:
-            await self._peer_closed()
+            await self.ws.wait_closed()  # the server is closing: its close code comes with the end
+            self._peer_closed()
             return
         self.started.set()
         self.state.notify()
         self.engine.active.add(self)
-        await self._read()
+        self.ws.attach(self._handle, self._socket_closed)
 
     def _start_frame(self) -> dict[str, Any]:
         self.seq += 1
@@ -401,17 +400,11 @@ class MediaStream:
                                  "channels": 1}
         return {"event": "start", "sequence_number": str(self.seq), "stream_id": self.stream_id, "start": start}
 
-    async def _read(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                await self._handle(message)
-        except ConnectionClosed:
-            pass
+    def _socket_closed(self) -> None:
         if not self.closing:
-            await self._peer_closed()
+            self._peer_closed()
 
-    async def _peer_closed(self) -> None:
+    def _peer_closed(self) -> None:
         self.engine.active.discard(self)
         if self.ws is not None:
             self.state.close_code = self.ws.close_code
@@ -437,7 +430,7 @@ class MediaStream:
                     "stop": {"user_id": self.call.user_id, "call_control_id": self.call.call_control_id},
                     "stream_id": self.stream_id}
             with contextlib.suppress(ConnectionClosed):
-                await self._send_json(stop)
+                self._send_json(stop)
         await self.ws.close(1000)
         self.state.notify()
 
@@ -448,46 +441,46 @@ class MediaStream:
         self.state.recorder.truncate(time.monotonic())
         self._pending_marks.clear()
         if self.ws is not None:
-            self.ws.transport.abort()
+            self.ws.abort()
         self.state.notify()
 
     # ---- frames Telnyx sends ---------------------------------------------------------------
 
-    async def _send_json(self, frame: dict[str, Any]) -> None:
+    def _send_json(self, frame: dict[str, Any]) -> None:
         assert self.ws is not None
         self.state.sent.append(frame)
-        await self.ws.send(_dumps(frame))
+        self.ws.send_text(_dumps(frame))
 
     async def send_raw(self, message: str | bytes) -> None:
         """Anything at all, as Telnyx's side of the socket (for robustness tests of the app)."""
         if self.ws is None or self.closing:
             raise RuntimeError("stream is not connected")
-        await self.ws.send(message)
+        self.ws.send(message)
 
     async def send_dtmf(self, digit: str) -> None:
         if self.ws is None or self.closing:
             raise RuntimeError("stream is not connected")
         self.seq += 1
-        await self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
+        self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
                                "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
 
-    async def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
+    def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
         self.seq += 1
         self.state.mark_positions.append((name, self.state.recorder.position(time.monotonic()), due))
         self.state.marks_echoed.append(name)
         if cleared:
             self.state.marks_cleared.append(name)
         with contextlib.suppress(ConnectionClosed):
-            await self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
+            self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
                                    "mark": {"name": name}})
         self.state.notify()
 
-    async def _error(self, code: int, detail: str) -> None:
+    def _error(self, code: int, detail: str) -> None:
         frame = {"event": "error", "payload": {"code": code, "title": ERROR_TITLES[code], "detail": detail},
                  "stream_id": self.stream_id}
         self.state.errors_sent.append(frame)
         with contextlib.suppress(ConnectionClosed):
-            await self._send_json(frame)
+            self._send_json(frame)
         self.state.notify()
 
     def tick(self, now: float) -> list[str]:
@@ -549,48 +542,48 @@ class MediaStream:
 
     # ---- frames the app sends --------------------------------------------------------------
 
-    async def _handle(self, message: str | bytes) -> None:
+    def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
-            await self._error(100003, "Binary frames are not accepted; send JSON text frames.")
+            self._error(100003, "Binary frames are not accepted; send JSON text frames.")
             return
         try:
             frame = json.loads(message)
         except ValueError:
-            await self._error(100003, "Frame is not valid JSON.")
+            self._error(100003, "Frame is not valid JSON.")
             return
         event = frame.get("event") if isinstance(frame, dict) else None
         if event == "media":
             media = frame.get("media")
             payload = media.get("payload") if isinstance(media, dict) else None
             if not isinstance(payload, str):
-                await self._error(100003, "A media frame needs media.payload as a string.")
+                self._error(100003, "A media frame needs media.payload as a string.")
                 return
-            await self._media(payload)
+            self._media(payload)
         elif event == "mark":
             mark = frame.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
-                await self._error(100003, "A mark frame needs mark.name as a string.")
+                self._error(100003, "A mark frame needs mark.name as a string.")
                 return
-            await self._mark(name)
+            self._mark(name)
         elif event == "clear":
-            await self._clear()
+            self._clear()
         else:
-            await self._error(100003, f"Unknown or missing event {event!r}.")
+            self._error(100003, f"Unknown or missing event {event!r}.")
 
-    async def _media(self, payload_b64: str) -> None:
+    def _media(self, payload_b64: str) -> None:
         now = time.monotonic()
         try:
             payload = base64.b64decode(payload_b64, validate=True)
         except (binascii.Error, ValueError):
-            await self._error(100004, "Media provided was not base64 encoded.")
+            self._error(100004, "Media provided was not base64 encoded.")
             return
         st = self.state
         st.received.append((now, payload))
         st.stats.media_received += 1
         st.stats.bytes_received += len(payload)
         if self.params.mode == "mp3":
-            await self._mp3(payload, now)
+            self._mp3(payload, now)
             return
         enc, rate = self.params.playout_encoding, self.params.playout_rate
         if enc not in g711.SUPPORTED_CODECS:
@@ -598,42 +591,42 @@ class MediaStream:
             return
         bps = g711.bytes_per_sample(enc)
         if len(payload) % bps:
-            await self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
+            self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
             return
         samples = len(payload) // bps
         if samples * 1000 < MIN_CHUNK_MS * rate or samples > MAX_CHUNK_S * rate:
-            await self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
+            self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
                                       f"(got {samples * 1000 / rate:g} ms).")
             return
         pcm = g711.decode(payload, enc, l16_byteorder=self.params.l16_byteorder)
         st.recorder.queue(now, pcm, self.params.caller_hears)
 
-    async def _mp3(self, payload: bytes, now: float) -> None:
+    def _mp3(self, payload: bytes, now: float) -> None:
         pcm = _decode_mp3(payload, self.params.playout_rate)
         if pcm is None:
             # Telnyx plays only MP3 files in this mode; raw RTP audio goes nowhere.
             self.state.stats.media_ignored += 1
             return
         if now - self._last_mp3 < MP3_MIN_INTERVAL_S:
-            await self._error(100005, "Too many requests")
+            self._error(100005, "Too many requests")
             return
         self._last_mp3 = now
         self.state.recorder.queue(now, pcm, self.params.caller_hears)
 
-    async def _mark(self, name: str) -> None:
+    def _mark(self, name: str) -> None:
         rec = self.state.recorder
         now = time.monotonic()
         if rec.play_end <= rec.position(now) and not self._pending_marks:
-            await self._echo_mark(name, rec.play_end)
+            self._echo_mark(name, rec.play_end)
         else:
             self._pending_marks.append((rec.play_end, name))
 
-    async def _clear(self) -> None:
+    def _clear(self) -> None:
         self.state.clears_received += 1
         self.state.recorder.truncate(time.monotonic())
         while self._pending_marks:
             due, name = self._pending_marks.popleft()
-            await self._echo_mark(name, due, cleared=True)
+            self._echo_mark(name, due, cleared=True)
 
 
 def _looks_like_mp3(data: bytes) -> bool:
@@ -750,14 +743,16 @@ class MediaEngine:
                 if ws is None or stream.closing:
                     continue
                 for due, name in stream.due_marks(now):
-                    await stream._echo_mark(name, due)
+                    stream._echo_mark(name, due)
                 frames = stream.tick(now)
-                if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # Sends never wait: one app that stops reading loses its caller frames (counted)
+                # instead of holding up every other call's tick.
+                if ws.buffered() > MAX_WRITE_BUFFER:
                     stream.state.stats.frames_skipped += len(frames)
                     continue
                 try:
                     for text in frames:
-                        await ws.send(text)
+                        ws.send_text(text)
                     stream.state.stats.frames_sent += len(frames)
                 except ConnectionClosed:
                     self.active.discard(stream)
