@@ -83,6 +83,18 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text), minus its two whitespace regexes and three calls for the usual frame."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:  # leading whitespace, or not JSON: json.loads decides, with its message
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 @dataclass(frozen=True)
 class StreamParams:
     """What a streaming_start (or answer with stream_url) asked for, with Telnyx's defaults."""
@@ -196,7 +208,11 @@ class Recorder:
         self.origin: float | None = None
         self.rate: int | None = None
         self.play_end = 0  # samples: where queued audio ends
-        self.segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
+        self._segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
+        # Audible chunks still as the app sent them: (start sample, payload, encoding, L16 byte order).
+        # They are decoded in one batch when the timeline is read, not one 20 ms frame at a time on
+        # the media loop.
+        self._undecoded: list[tuple[int, bytes, str, str]] = []
         self.cut: int | None = None  # samples: playout ended here (hangup)
 
     def begin(self, now: float, rate: int) -> None:
@@ -212,14 +228,49 @@ class Recorder:
         assert self.origin is not None and self.rate is not None
         return self.origin + samples / self.rate
 
+    @property
+    def segments(self) -> list[tuple[int, Int16Array]]:
+        """(start sample, pcm) of every chunk still on the timeline."""
+        with self._lock:
+            self._decode_pending()
+            return list(self._segments)
+
     def queue(self, now: float, pcm: Int16Array, audible: bool) -> int:
         """Schedule pcm to start when the previous chunk ends or now; returns the end sample."""
         with self._lock:
             start = max(self.play_end, self.position(now))
             self.play_end = start + len(pcm)
             if audible:
-                self.segments.append((start, pcm))
+                self._decode_pending()  # they play first
+                self._segments.append((start, pcm))
             return self.play_end
+
+    def queue_encoded(self, now: float, payload: bytes, encoding: str, l16_byteorder: str, samples: int,
+                      audible: bool) -> int:
+        """queue() for a wire payload of `samples` samples, decoded only when the timeline is read."""
+        with self._lock:
+            start = max(self.play_end, self.position(now))
+            self.play_end = start + samples
+            if audible:
+                self._undecoded.append((start, payload, encoding, l16_byteorder))
+            return self.play_end
+
+    def _decode_pending(self) -> None:
+        """Move undecoded chunks onto the timeline; runs of one codec decode as one array. Lock held."""
+        pending, self._undecoded = self._undecoded, []
+        i = 0
+        while i < len(pending):
+            encoding, byteorder = pending[i][2], pending[i][3]
+            j = i + 1
+            while j < len(pending) and pending[j][2] == encoding and pending[j][3] == byteorder:
+                j += 1
+            pcm = g711.decode(b"".join(chunk[1] for chunk in pending[i:j]), encoding, l16_byteorder=byteorder)
+            bps, offset = g711.bytes_per_sample(encoding), 0
+            for start, payload, _, _ in pending[i:j]:
+                n = len(payload) // bps
+                self._segments.append((start, pcm[offset:offset + n]))
+                offset += n
+            i = j
 
     def truncate(self, now: float) -> None:
         """Drop everything not yet played (clear, socket loss, hangup)."""
@@ -227,12 +278,13 @@ class Recorder:
             if self.origin is None:
                 return
             pos = self.position(now)
+            self._decode_pending()
             kept: list[tuple[int, Int16Array]] = []
-            for start, pcm in self.segments:
+            for start, pcm in self._segments:
                 if start >= pos:
                     continue
                 kept.append((start, pcm[: pos - start] if start + len(pcm) > pos else pcm))
-            self.segments = kept
+            self._segments = kept
             self.play_end = min(self.play_end, pos)
 
     def end(self, now: float) -> None:
@@ -249,7 +301,8 @@ class Recorder:
             limit = self.cut if self.cut is not None else self.position(now)
             stop = limit if length is None else min(limit, start + length)
             out = np.zeros(max(0, (start + length if length is not None else stop) - start), dtype=np.int16)
-            for seg_start, pcm in self.segments:
+            self._decode_pending()
+            for seg_start, pcm in self._segments:
                 a, b = max(seg_start, start), min(seg_start + len(pcm), stop)
                 if a < b:
                     out[a - start:b - start] = pcm[a - seg_start:b - seg_start]
@@ -316,13 +369,15 @@ class MediaStream:
                  caller_audio: CallerAudio, state: StreamState, *,
                  on_started: Callable[[MediaStream], None],
                  on_failed: Callable[[MediaStream, str], None],
-                 on_peer_closed: Callable[[MediaStream], None]) -> None:
+                 on_peer_closed: Callable[[MediaStream], None],
+                 on_streaming: Callable[[MediaStream], None] | None = None) -> None:
         self.engine = engine
         self.call = call
         self.params = params
         self.stream_id = stream_id
         self.state = state
         self._on_started = on_started
+        self._on_streaming = on_streaming
         self._on_failed = on_failed
         self._on_peer_closed = on_peer_closed
         self.ws: WebSocketClient | None = None
@@ -342,6 +397,12 @@ class MediaStream:
         self._send_inbound = params.track in ("inbound_track", "both_tracks")
         self._send_outbound = params.track in ("outbound_track", "both_tracks")
         self._media_prefix = '{"event":"media","sequence_number":"'
+        # What the app's media frames need, looked up once (params are frozen).
+        self._mp3_mode = params.mode == "mp3"
+        self._playout_encoding, self._playout_rate = params.playout_encoding, params.playout_rate
+        self._playout_bps = g711.bytes_per_sample(params.playout_encoding) \
+            if params.playout_encoding in g711.SUPPORTED_CODECS else 0  # 0: the simulator cannot play it
+        self._caller_hears = params.caller_hears
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -381,6 +442,8 @@ class MediaStream:
             self._peer_closed()
             return
         self.started.set()
+        if self._on_streaming is not None:
+            self._on_streaming(self)  # before anything the app sent, its close included, is handled
         self.state.notify()
         self.engine.active.add(self)
         self.ws.attach(self._handle, self._socket_closed)
@@ -547,7 +610,7 @@ class MediaStream:
             self._error(100003, "Binary frames are not accepted; send JSON text frames.")
             return
         try:
-            frame = json.loads(message)
+            frame = _loads(message)
         except ValueError:
             self._error(100003, "Frame is not valid JSON.")
             return
@@ -574,22 +637,23 @@ class MediaStream:
     def _media(self, payload_b64: str) -> None:
         now = time.monotonic()
         try:
-            payload = base64.b64decode(payload_b64, validate=True)
-        except (binascii.Error, ValueError):
+            # The verdicts of base64.b64decode(validate=True), without its regex on every frame.
+            payload = binascii.a2b_base64(payload_b64, strict_mode=True)
+        except ValueError:  # binascii.Error, or a str that is not ASCII
             self._error(100004, "Media provided was not base64 encoded.")
             return
         st = self.state
         st.received.append((now, payload))
-        st.stats.media_received += 1
-        st.stats.bytes_received += len(payload)
-        if self.params.mode == "mp3":
+        stats = st.stats
+        stats.media_received += 1
+        stats.bytes_received += len(payload)
+        if self._mp3_mode:
             self._mp3(payload, now)
             return
-        enc, rate = self.params.playout_encoding, self.params.playout_rate
-        if enc not in g711.SUPPORTED_CODECS:
-            st.stats.media_ignored += 1
+        enc, rate, bps = self._playout_encoding, self._playout_rate, self._playout_bps
+        if not bps:
+            stats.media_ignored += 1
             return
-        bps = g711.bytes_per_sample(enc)
         if len(payload) % bps:
             self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
             return
@@ -598,8 +662,7 @@ class MediaStream:
             self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
                                       f"(got {samples * 1000 / rate:g} ms).")
             return
-        pcm = g711.decode(payload, enc, l16_byteorder=self.params.l16_byteorder)
-        st.recorder.queue(now, pcm, self.params.caller_hears)
+        st.recorder.queue_encoded(now, payload, enc, self.params.l16_byteorder, samples, self._caller_hears)
 
     def _mp3(self, payload: bytes, now: float) -> None:
         pcm = _decode_mp3(payload, self.params.playout_rate)
