@@ -503,14 +503,17 @@ class FakeTelnyx:
             call._set_status("closed_by_app")
             self._webhook(call, "streaming.stopped", call._payload(stream_url=s.params.url))
 
+        def streaming(s: MediaStream) -> None:
+            # Called as `start` goes out, so an app that closes at once is seen closing after it.
+            call._set_status("streaming")
+
         stream = MediaStream(self.engine, call.identity, params, stream_id, call.caller_audio, call.media,
-                             on_started=started, on_failed=failed, on_peer_closed=peer_closed)
+                             on_started=started, on_failed=failed, on_peer_closed=peer_closed,
+                             on_streaming=streaming)
         with call._lock:
             call.stream = stream
         task = self.engine.loop.create_task(stream.run())
         await stream_started_or_done(stream, task)
-        if stream.started.is_set() and not stream.closing:
-            call._set_status("streaming")
 
     def _begin_hangup(self, call: SimCall, cause: str) -> bool:
         """Mark the call ended now (later commands get 90018); False if it already was."""

@@ -5,8 +5,10 @@ every 20 ms), `dtmf`, `mark` echoes, `error` and `stop` as JSON text frames. It 
 app's `media`, `mark` and `clear` frames and plays the media to the caller on a playout clock.
 
 Scale: all streams share one event-loop thread and one absolute-deadline ticker that sends every
-stream's caller frame; each stream has only a reader task. Per-message work is a dict lookup,
-a base64 decode and a list append; nothing is logged per frame.
+stream's caller frame. A stream has no task of its own once it runs: its socket (simulator.wsclient)
+parses frames in `data_received` and calls the stream's handler inline, and a send is one
+`transport.write`. Per-message work is a JSON parse, a base64 decode, a G.711 table lookup and a
+few appends; nothing is logged per frame.
 
 Behaviour chosen where the public documentation is silent (see PROTOCOL.md "UNCONFIRMED"):
 - error frames are `{"event":"error","payload":{code,title,detail},"stream_id"}` without a
@@ -43,13 +45,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import soundfile as sf
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
 
 from simulator import g711
 from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
 from simulator.webhooks import iso_now
+from simulator.wsclient import ConnectionClosed, HandshakeError, InvalidStatus, WebSocketClient, open_socket
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ MAX_CHUNK_S = 30.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Skip (and count) a caller frame rather than stall every call when one app stops reading.
 MAX_WRITE_BUFFER = 256 * 1024
+CLOSE_TIMEOUT_S = 2.0
 MP3_MIN_INTERVAL_S = 1.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -80,6 +81,18 @@ def is_loopback_url(url: str) -> bool:
 
 def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text), minus its two whitespace regexes and three calls for the usual frame."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:  # leading whitespace, or not JSON: json.loads decides, with its message
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -163,21 +176,19 @@ async def probe_socket(url: str, auth_token: str | None, start_frame: dict[str, 
     if auth_token is not None:
         connected["x-telnyx-streaming-auth-token"] = auth_token
     try:
-        ws = await connect(url, additional_headers=headers, compression=None, proxy=None, open_timeout=timeout,
-                           ping_interval=None, user_agent_header=None, close_timeout=1)
+        ws = await open_socket(url, headers, max_size=MAX_MESSAGE_BYTES, open_timeout=timeout, close_timeout=1)
     except InvalidStatus as exc:
-        return int(exc.response.status_code)
+        return exc.status
     try:
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(_dumps(connected))
-            await ws.send(_dumps(start_frame))
-        # Poll for the close frame itself: the TCP close that ends `recv` can lag well behind it.
+            ws.send_text(_dumps(connected))
+            ws.send_text(_dumps(start_frame))
+        # Poll for the close frame itself: the TCP close that ends the connection can lag well behind it.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rcvd = ws.protocol.close_rcvd
-            if rcvd is not None:
-                return rcvd.code
-            if ws.protocol.state is State.CLOSED:
+            if ws.close_rcvd is not None:
+                return ws.close_rcvd[0]
+            if ws.closed:
                 return ws.close_code
             await asyncio.sleep(0.01)
         return None
@@ -197,7 +208,11 @@ class Recorder:
         self.origin: float | None = None
         self.rate: int | None = None
         self.play_end = 0  # samples: where queued audio ends
-        self.segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
+        self._segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
+        # Audible chunks still as the app sent them: (start sample, payload, encoding, L16 byte order).
+        # They are decoded in one batch when the timeline is read, not one 20 ms frame at a time on
+        # the media loop.
+        self._undecoded: list[tuple[int, bytes, str, str]] = []
         self.cut: int | None = None  # samples: playout ended here (hangup)
 
     def begin(self, now: float, rate: int) -> None:
@@ -213,14 +228,49 @@ class Recorder:
         assert self.origin is not None and self.rate is not None
         return self.origin + samples / self.rate
 
+    @property
+    def segments(self) -> list[tuple[int, Int16Array]]:
+        """(start sample, pcm) of every chunk still on the timeline."""
+        with self._lock:
+            self._decode_pending()
+            return list(self._segments)
+
     def queue(self, now: float, pcm: Int16Array, audible: bool) -> int:
         """Schedule pcm to start when the previous chunk ends or now; returns the end sample."""
         with self._lock:
             start = max(self.play_end, self.position(now))
             self.play_end = start + len(pcm)
             if audible:
-                self.segments.append((start, pcm))
+                self._decode_pending()  # they play first
+                self._segments.append((start, pcm))
             return self.play_end
+
+    def queue_encoded(self, now: float, payload: bytes, encoding: str, l16_byteorder: str, samples: int,
+                      audible: bool) -> int:
+        """queue() for a wire payload of `samples` samples, decoded only when the timeline is read."""
+        with self._lock:
+            start = max(self.play_end, self.position(now))
+            self.play_end = start + samples
+            if audible:
+                self._undecoded.append((start, payload, encoding, l16_byteorder))
+            return self.play_end
+
+    def _decode_pending(self) -> None:
+        """Move undecoded chunks onto the timeline; runs of one codec decode as one array. Lock held."""
+        pending, self._undecoded = self._undecoded, []
+        i = 0
+        while i < len(pending):
+            encoding, byteorder = pending[i][2], pending[i][3]
+            j = i + 1
+            while j < len(pending) and pending[j][2] == encoding and pending[j][3] == byteorder:
+                j += 1
+            pcm = g711.decode(b"".join(chunk[1] for chunk in pending[i:j]), encoding, l16_byteorder=byteorder)
+            bps, offset = g711.bytes_per_sample(encoding), 0
+            for start, payload, _, _ in pending[i:j]:
+                n = len(payload) // bps
+                self._segments.append((start, pcm[offset:offset + n]))
+                offset += n
+            i = j
 
     def truncate(self, now: float) -> None:
         """Drop everything not yet played (clear, socket loss, hangup)."""
@@ -228,12 +278,13 @@ class Recorder:
             if self.origin is None:
                 return
             pos = self.position(now)
+            self._decode_pending()
             kept: list[tuple[int, Int16Array]] = []
-            for start, pcm in self.segments:
+            for start, pcm in self._segments:
                 if start >= pos:
                     continue
                 kept.append((start, pcm[: pos - start] if start + len(pcm) > pos else pcm))
-            self.segments = kept
+            self._segments = kept
             self.play_end = min(self.play_end, pos)
 
     def end(self, now: float) -> None:
@@ -250,7 +301,8 @@ class Recorder:
             limit = self.cut if self.cut is not None else self.position(now)
             stop = limit if length is None else min(limit, start + length)
             out = np.zeros(max(0, (start + length if length is not None else stop) - start), dtype=np.int16)
-            for seg_start, pcm in self.segments:
+            self._decode_pending()
+            for seg_start, pcm in self._segments:
                 a, b = max(seg_start, start), min(seg_start + len(pcm), stop)
                 if a < b:
                     out[a - start:b - start] = pcm[a - seg_start:b - seg_start]
@@ -317,16 +369,18 @@ class MediaStream:
                  caller_audio: CallerAudio, state: StreamState, *,
                  on_started: Callable[[MediaStream], None],
                  on_failed: Callable[[MediaStream, str], None],
-                 on_peer_closed: Callable[[MediaStream], None]) -> None:
+                 on_peer_closed: Callable[[MediaStream], None],
+                 on_streaming: Callable[[MediaStream], None] | None = None) -> None:
         self.engine = engine
         self.call = call
         self.params = params
         self.stream_id = stream_id
         self.state = state
         self._on_started = on_started
+        self._on_streaming = on_streaming
         self._on_failed = on_failed
         self._on_peer_closed = on_peer_closed
-        self.ws: ClientConnection | None = None
+        self.ws: WebSocketClient | None = None
         self.seq = 0
         self.chunk = 0
         self.closing = False  # we are ending this connection (stop, drop, hangup)
@@ -343,6 +397,12 @@ class MediaStream:
         self._send_inbound = params.track in ("inbound_track", "both_tracks")
         self._send_outbound = params.track in ("outbound_track", "both_tracks")
         self._media_prefix = '{"event":"media","sequence_number":"'
+        # What the app's media frames need, looked up once (params are frozen).
+        self._mp3_mode = params.mode == "mp3"
+        self._playout_encoding, self._playout_rate = params.playout_encoding, params.playout_rate
+        self._playout_bps = g711.bytes_per_sample(params.playout_encoding) \
+            if params.playout_encoding in g711.SUPPORTED_CODECS else 0  # 0: the simulator cannot play it
+        self._caller_hears = params.caller_hears
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -359,10 +419,9 @@ class MediaStream:
             self._on_failed(self, "connection_failed")
             return
         try:
-            self.ws = await connect(self.params.url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
-                                    compression=None, proxy=None, open_timeout=self.engine.connect_timeout_s,
-                                    ping_interval=None, close_timeout=2, user_agent_header=None)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            self.ws = await open_socket(self.params.url, headers, max_size=MAX_MESSAGE_BYTES,
+                                        open_timeout=self.engine.connect_timeout_s, close_timeout=CLOSE_TIMEOUT_S)
+        except (OSError, HandshakeError, ValueError, TimeoutError) as exc:
             logger.info("stream %s: cannot connect to %s: %s", self.stream_id, self.params.url, exc)
             self._on_failed(self, "connection_failed")
             return
@@ -376,15 +435,18 @@ class MediaStream:
         now = time.monotonic()
         self.state.recorder.begin(now, self.params.playout_rate)
         try:
-            await self._send_json(connected)
-            await self._send_json(self._start_frame())
+            self._send_json(connected)
+            self._send_json(self._start_frame())
         except ConnectionClosed:
-            await self._peer_closed()
+            await self.ws.wait_closed()  # the server is closing: its close code comes with the end
+            self._peer_closed()
             return
         self.started.set()
+        if self._on_streaming is not None:
+            self._on_streaming(self)  # before anything the app sent, its close included, is handled
         self.state.notify()
         self.engine.active.add(self)
-        await self._read()
+        self.ws.attach(self._handle, self._socket_closed)
 
     def _start_frame(self) -> dict[str, Any]:
         self.seq += 1
@@ -401,17 +463,11 @@ class MediaStream:
                                  "channels": 1}
         return {"event": "start", "sequence_number": str(self.seq), "stream_id": self.stream_id, "start": start}
 
-    async def _read(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                await self._handle(message)
-        except ConnectionClosed:
-            pass
+    def _socket_closed(self) -> None:
         if not self.closing:
-            await self._peer_closed()
+            self._peer_closed()
 
-    async def _peer_closed(self) -> None:
+    def _peer_closed(self) -> None:
         self.engine.active.discard(self)
         if self.ws is not None:
             self.state.close_code = self.ws.close_code
@@ -437,7 +493,7 @@ class MediaStream:
                     "stop": {"user_id": self.call.user_id, "call_control_id": self.call.call_control_id},
                     "stream_id": self.stream_id}
             with contextlib.suppress(ConnectionClosed):
-                await self._send_json(stop)
+                self._send_json(stop)
         await self.ws.close(1000)
         self.state.notify()
 
@@ -448,46 +504,46 @@ class MediaStream:
         self.state.recorder.truncate(time.monotonic())
         self._pending_marks.clear()
         if self.ws is not None:
-            self.ws.transport.abort()
+            self.ws.abort()
         self.state.notify()
 
     # ---- frames Telnyx sends ---------------------------------------------------------------
 
-    async def _send_json(self, frame: dict[str, Any]) -> None:
+    def _send_json(self, frame: dict[str, Any]) -> None:
         assert self.ws is not None
         self.state.sent.append(frame)
-        await self.ws.send(_dumps(frame))
+        self.ws.send_text(_dumps(frame))
 
     async def send_raw(self, message: str | bytes) -> None:
         """Anything at all, as Telnyx's side of the socket (for robustness tests of the app)."""
         if self.ws is None or self.closing:
             raise RuntimeError("stream is not connected")
-        await self.ws.send(message)
+        self.ws.send(message)
 
     async def send_dtmf(self, digit: str) -> None:
         if self.ws is None or self.closing:
             raise RuntimeError("stream is not connected")
         self.seq += 1
-        await self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
+        self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
                                "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
 
-    async def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
+    def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
         self.seq += 1
         self.state.mark_positions.append((name, self.state.recorder.position(time.monotonic()), due))
         self.state.marks_echoed.append(name)
         if cleared:
             self.state.marks_cleared.append(name)
         with contextlib.suppress(ConnectionClosed):
-            await self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
+            self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
                                    "mark": {"name": name}})
         self.state.notify()
 
-    async def _error(self, code: int, detail: str) -> None:
+    def _error(self, code: int, detail: str) -> None:
         frame = {"event": "error", "payload": {"code": code, "title": ERROR_TITLES[code], "detail": detail},
                  "stream_id": self.stream_id}
         self.state.errors_sent.append(frame)
         with contextlib.suppress(ConnectionClosed):
-            await self._send_json(frame)
+            self._send_json(frame)
         self.state.notify()
 
     def tick(self, now: float) -> list[str]:
@@ -549,91 +605,91 @@ class MediaStream:
 
     # ---- frames the app sends --------------------------------------------------------------
 
-    async def _handle(self, message: str | bytes) -> None:
+    def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
-            await self._error(100003, "Binary frames are not accepted; send JSON text frames.")
+            self._error(100003, "Binary frames are not accepted; send JSON text frames.")
             return
         try:
-            frame = json.loads(message)
+            frame = _loads(message)
         except ValueError:
-            await self._error(100003, "Frame is not valid JSON.")
+            self._error(100003, "Frame is not valid JSON.")
             return
         event = frame.get("event") if isinstance(frame, dict) else None
         if event == "media":
             media = frame.get("media")
             payload = media.get("payload") if isinstance(media, dict) else None
             if not isinstance(payload, str):
-                await self._error(100003, "A media frame needs media.payload as a string.")
+                self._error(100003, "A media frame needs media.payload as a string.")
                 return
-            await self._media(payload)
+            self._media(payload)
         elif event == "mark":
             mark = frame.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
-                await self._error(100003, "A mark frame needs mark.name as a string.")
+                self._error(100003, "A mark frame needs mark.name as a string.")
                 return
-            await self._mark(name)
+            self._mark(name)
         elif event == "clear":
-            await self._clear()
+            self._clear()
         else:
-            await self._error(100003, f"Unknown or missing event {event!r}.")
+            self._error(100003, f"Unknown or missing event {event!r}.")
 
-    async def _media(self, payload_b64: str) -> None:
+    def _media(self, payload_b64: str) -> None:
         now = time.monotonic()
         try:
-            payload = base64.b64decode(payload_b64, validate=True)
-        except (binascii.Error, ValueError):
-            await self._error(100004, "Media provided was not base64 encoded.")
+            # The verdicts of base64.b64decode(validate=True), without its regex on every frame.
+            payload = binascii.a2b_base64(payload_b64, strict_mode=True)
+        except ValueError:  # binascii.Error, or a str that is not ASCII
+            self._error(100004, "Media provided was not base64 encoded.")
             return
         st = self.state
         st.received.append((now, payload))
-        st.stats.media_received += 1
-        st.stats.bytes_received += len(payload)
-        if self.params.mode == "mp3":
-            await self._mp3(payload, now)
+        stats = st.stats
+        stats.media_received += 1
+        stats.bytes_received += len(payload)
+        if self._mp3_mode:
+            self._mp3(payload, now)
             return
-        enc, rate = self.params.playout_encoding, self.params.playout_rate
-        if enc not in g711.SUPPORTED_CODECS:
-            st.stats.media_ignored += 1
+        enc, rate, bps = self._playout_encoding, self._playout_rate, self._playout_bps
+        if not bps:
+            stats.media_ignored += 1
             return
-        bps = g711.bytes_per_sample(enc)
         if len(payload) % bps:
-            await self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
+            self._error(100004, f"L16 media must have an even number of bytes (got {len(payload)}).")
             return
         samples = len(payload) // bps
         if samples * 1000 < MIN_CHUNK_MS * rate or samples > MAX_CHUNK_S * rate:
-            await self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
+            self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
                                       f"(got {samples * 1000 / rate:g} ms).")
             return
-        pcm = g711.decode(payload, enc, l16_byteorder=self.params.l16_byteorder)
-        st.recorder.queue(now, pcm, self.params.caller_hears)
+        st.recorder.queue_encoded(now, payload, enc, self.params.l16_byteorder, samples, self._caller_hears)
 
-    async def _mp3(self, payload: bytes, now: float) -> None:
+    def _mp3(self, payload: bytes, now: float) -> None:
         pcm = _decode_mp3(payload, self.params.playout_rate)
         if pcm is None:
             # Telnyx plays only MP3 files in this mode; raw RTP audio goes nowhere.
             self.state.stats.media_ignored += 1
             return
         if now - self._last_mp3 < MP3_MIN_INTERVAL_S:
-            await self._error(100005, "Too many requests")
+            self._error(100005, "Too many requests")
             return
         self._last_mp3 = now
         self.state.recorder.queue(now, pcm, self.params.caller_hears)
 
-    async def _mark(self, name: str) -> None:
+    def _mark(self, name: str) -> None:
         rec = self.state.recorder
         now = time.monotonic()
         if rec.play_end <= rec.position(now) and not self._pending_marks:
-            await self._echo_mark(name, rec.play_end)
+            self._echo_mark(name, rec.play_end)
         else:
             self._pending_marks.append((rec.play_end, name))
 
-    async def _clear(self) -> None:
+    def _clear(self) -> None:
         self.state.clears_received += 1
         self.state.recorder.truncate(time.monotonic())
         while self._pending_marks:
             due, name = self._pending_marks.popleft()
-            await self._echo_mark(name, due, cleared=True)
+            self._echo_mark(name, due, cleared=True)
 
 
 def _looks_like_mp3(data: bytes) -> bool:
@@ -750,14 +806,16 @@ class MediaEngine:
                 if ws is None or stream.closing:
                     continue
                 for due, name in stream.due_marks(now):
-                    await stream._echo_mark(name, due)
+                    stream._echo_mark(name, due)
                 frames = stream.tick(now)
-                if ws.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                # Sends never wait: one app that stops reading loses its caller frames (counted)
+                # instead of holding up every other call's tick.
+                if ws.buffered() > MAX_WRITE_BUFFER:
                     stream.state.stats.frames_skipped += len(frames)
                     continue
                 try:
                     for text in frames:
-                        await ws.send(text)
+                        ws.send_text(text)
                     stream.state.stats.frames_sent += len(frames)
                 except ConnectionClosed:
                     self.active.discard(stream)

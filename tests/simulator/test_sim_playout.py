@@ -11,6 +11,7 @@ import soundfile as sf
 import telnyx
 
 from simulator import FakeTelnyx, SimCall, g711
+from simulator.media import Recorder
 from tests.simulator.conftest import StreamServer, WebhookReceiver, rtp_params, wait_until
 
 
@@ -230,3 +231,22 @@ def test_probe_socket_reports_how_the_app_closes(fake):
         assert start["start"]["media_format"] == {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
     finally:
         rejecting.close()
+
+
+def test_recorder_keeps_wire_payloads_in_playout_order_whatever_the_codec():
+    rec = Recorder()
+    rec.begin(100.0, 8000)
+    a, b, c = tone_pcm(20), tone_pcm(40, freq=700), tone_pcm(60, freq=300)
+    ulaw, alaw = g711.encode(a, "PCMU"), g711.encode(c, "PCMA")
+    rec.queue_encoded(100.0, ulaw, "PCMU", "big", len(a), True)
+    rec.queue_encoded(100.0, g711.encode(b, "L16", l16_byteorder="little"), "L16", "little", len(b), True)
+    rec.queue(100.0, b, True)
+    rec.queue_encoded(100.0, alaw, "PCMA", "big", len(c), True)
+    rec.queue_encoded(100.0, ulaw, "PCMU", "big", len(a), False)  # takes its time, is not heard
+    assert [start for start, _ in rec.segments] == [0, 160, 480, 800]
+    heard = rec.render(101.0, 0, 1440)
+    expected = np.concatenate([g711.decode(ulaw, "PCMU"), b, b, g711.decode(alaw, "PCMA"), np.zeros(160, np.int16)])
+    assert np.array_equal(heard, expected)
+    rec.truncate(100.0 + 500.5 / 8000)  # 20 samples into the second copy of b
+    assert [(start, len(pcm)) for start, pcm in rec.segments] == [(0, 160), (160, 320), (480, 20)]
+    assert rec.play_end == 500
