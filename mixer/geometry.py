@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 FRAME_MS = 20
 """Telnyx accepts 20 ms to 30 s per media message; 20 ms is the RTP packetisation time."""
@@ -23,7 +24,7 @@ class FrameGeometry:
         if (self.sample_rate * self.frame_ms) % 1000:
             raise ValueError(f"{self.frame_ms} ms is not a whole number of samples at {self.sample_rate} Hz")
 
-    @property
+    @cached_property  # asked for every call on every media clock tick
     def samples_per_frame(self) -> int:
         return self.sample_rate * self.frame_ms // 1000
 

@@ -344,12 +344,13 @@ class Mixer:
                     track.pos += m
                 if track.ended or m < n:
                     finished.append(key)
+            if not finished:
+                return ()
             for key in finished:
                 self._finished_played[key] = self._tracks.pop(key).pos
             while len(self._finished_played) > _FINISHED_MEMORY:
                 self._finished_played.popitem(last=False)
-        if finished and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("tracks ended: %s", ", ".join(finished))
+        logger.debug("tracks ended: %s", ", ".join(finished))
         return tuple(finished)
 
     def limit(self, acc: np.ndarray, peak: float | None = None) -> None:

@@ -114,10 +114,11 @@ class Framer:
     def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed])
         codec = mixed[0][1].codec
-        if all(frame.codec.name == codec.name for _, frame in mixed):
+        name = codec.name
+        if all(frame.codec.name == name for _, frame in mixed):
             data = codec.encode(pcm)
             size = len(data) // len(mixed)
-            payloads = [data[i * size:(i + 1) * size] for i in range(len(mixed))]
+            payloads = [data[i:i + size] for i in range(0, len(data), size)]
         else:  # calls of one frame size on different codecs: rare, encode row by row
             payloads = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
         for (call, frame), payload in zip(mixed, payloads, strict=True):
