@@ -26,6 +26,7 @@ import ssl
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 try:
@@ -215,8 +216,8 @@ class WebSocketClient(asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses but have the same methods.
+        self._transport = cast(asyncio.Transport, transport)
         t = self._target
         lines = [f"GET {t.resource} HTTP/1.1", f"Host: {t.host_header}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {self._key}", "Sec-WebSocket-Version: 13"]
