@@ -53,11 +53,12 @@ from simulator.wsclient import ConnectionClosed, HandshakeError, InvalidStatus, 
 
 logger = logging.getLogger(__name__)
 
+new_event_loop: Callable[[], asyncio.AbstractEventLoop]
 try:
     # libuv's loop costs the media loop about a third less CPU per message than asyncio's own.
     from uvloop import new_event_loop
 except ImportError:  # e.g. Windows: asyncio's loop does the same, only slower
-    from asyncio import new_event_loop
+    new_event_loop = asyncio.new_event_loop
 
 T = TypeVar("T")
 

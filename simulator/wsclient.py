@@ -217,12 +217,12 @@ class WebSocketClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses but have the same methods.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = writer = cast(asyncio.Transport, transport)
         t = self._target
         lines = [f"GET {t.resource} HTTP/1.1", f"Host: {t.host_header}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {self._key}", "Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}" for name, value in self._headers]
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
         if self._discard:

@@ -592,12 +592,9 @@ class FrontDoor:
                         timeout = min(timeout, max(0.0, due - now))
                 events = sel.select(timeout)
                 self._now = now = time.monotonic()
-                if timer is not None:
-                    # Before the events: our frames have a deadline, inbound ones can wait a moment.
-                    try:
-                        timer.run_due(now)
-                    except Exception:
-                        logger.exception("media plane: timer failed")
+                # Before the events, and between them once due: our frames have a deadline,
+                # inbound ones can wait a moment (hundreds may be ready at once).
+                due = self._run_timer(now)
                 for key, mask in events:
                     callback = key.data
                     try:
@@ -608,6 +605,9 @@ class FrontDoor:
                     except Exception:
                         # A bug on one socket must not take every call down with the loop.
                         logger.exception("media plane: event handling failed for %r", key.fileobj)
+                    if due is not None and time.monotonic() >= due:
+                        self._now = now = time.monotonic()
+                        due = self._run_timer(now)
                 if self._undecided:
                     self._repeek()
                 if now >= next_sweep:
@@ -622,6 +622,18 @@ class FrontDoor:
             raise
         finally:
             self._close_resources()
+
+    def _run_timer(self, now: float) -> float | None:
+        """Run what the timer has due; return when it is due next."""
+        timer = self._timer
+        if timer is None:
+            return None
+        try:
+            timer.run_due(now)
+            return timer.next_deadline(now)
+        except Exception:
+            logger.exception("media plane: timer failed")
+            return None
 
     def _close_resources(self) -> None:
         self._selector.close()
