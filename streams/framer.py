@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -27,16 +27,13 @@ from streams.connection import Sender
 logger = logging.getLogger(__name__)
 
 
-class OutFrame:
+class OutFrame(NamedTuple):
     """A call's mixed frame on its way out: where it goes and what finishes and encodes it."""
 
-    __slots__ = ("codec", "conn", "finished", "mixer")
-
-    def __init__(self, conn: Sender, mixer: Mixer, codec: Codec, finished: tuple[str, ...]) -> None:
-        self.conn = conn
-        self.mixer = mixer
-        self.codec = codec
-        self.finished = finished
+    conn: Sender
+    mixer: Mixer
+    codec: Codec
+    finished: tuple[str, ...]
 
 
 class Framed(Protocol):
