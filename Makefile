@@ -27,6 +27,7 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_transport.py
+	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_load.py
 
 clean:
