@@ -86,16 +86,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def shutdown(app: Flask, door: MediaFrontDoor | None = None) -> None:
     """Stop every mixer, mark live calls interrupted, flush the event log. Idempotent.
 
-    With the `door`, it is closed after the calls end and before the last row, so nothing
-    (such as Telnyx's streaming.stopped webhook) is logged after "server.stopped".
+    With the `door`, it is closed after the calls end; then the commands in flight finish. So
+    nothing (Telnyx's streaming.stopped webhook, a command's outcome) is logged after
+    "server.stopped".
     """
     rt: Runtime = app.extensions["mixer_runtime"]
     rt.registry.shutdown()
     if door is not None:
         door.stop()
+    rt.commands.close()  # type: ignore[attr-defined]  # waits for the commands in flight (their rows)
     rt.log.record("server.stopped", None)
     rt.log.flush()
-    rt.commands.close()  # type: ignore[attr-defined]
     rt.log.close()
 
 

@@ -532,7 +532,7 @@ class MediaStream:
             raise RuntimeError("stream is not connected")
         self.seq += 1
         self._send_json({"event": "dtmf", "stream_id": self.stream_id, "occurred_at": iso_now(),
-                               "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
+                         "sequence_number": str(self.seq), "dtmf": {"digit": digit}})
 
     def _echo_mark(self, name: str, due: int, cleared: bool = False) -> None:
         self.seq += 1
@@ -542,7 +542,7 @@ class MediaStream:
             self.state.marks_cleared.append(name)
         with contextlib.suppress(ConnectionClosed):
             self._send_json({"event": "mark", "stream_id": self.stream_id, "sequence_number": str(self.seq),
-                                   "mark": {"name": name}})
+                             "mark": {"name": name}})
         self.state.notify()
 
     def _error(self, code: int, detail: str) -> None:
@@ -667,7 +667,7 @@ class MediaStream:
         samples = len(payload) // bps
         if samples * 1000 < MIN_CHUNK_MS * rate or samples > MAX_CHUNK_S * rate:
             self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
-                                      f"(got {samples * 1000 / rate:g} ms).")
+                                f"(got {samples * 1000 / rate:g} ms).")
             return
         st.recorder.queue_encoded(now, payload, enc, self.params.l16_byteorder, samples, self._caller_hears)
 

@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import random
 import ssl
 import struct
 from collections.abc import Callable, Iterable
@@ -51,9 +50,25 @@ CLOSE_TOO_BIG = 1009
 # Codes a peer may put in a close frame (RFC 6455 7.4, IANA registry); 3000-4999 are free too.
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
-# The masking key stops a browser script from steering a cache on the path; this client is a test
-# harness on loopback, so a fast PRNG (seeded from the OS) still gives each frame a fresh key.
-_mask_bits = random.Random().getrandbits
+
+
+class _MaskKeys:
+    """Fresh masking keys from the OS's CSPRNG (RFC 6455 5.3 asks for a strong source), read
+    4 KiB at a time: one getrandom() per thousand frames instead of one per frame."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos + 4 > len(self._pool):
+            self._pool, pos = os.urandom(4096), 0
+        self._pos = pos + 4
+        return self._pool[pos:pos + 4]
+
+
+_mask_keys = _MaskKeys()  # used from the simulator's one event-loop thread
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 
@@ -457,7 +472,7 @@ class WebSocketClient(asyncio.Protocol):
 
     def _write_frame(self, b0: int, data: bytes) -> None:
         n = len(data)
-        mask = _mask_bits(32).to_bytes(4, "big")
+        mask = _mask_keys.next()
         if n < 126:
             head = bytes((b0, 0x80 | n))
         elif n < 65536:
@@ -468,7 +483,11 @@ class WebSocketClient(asyncio.Protocol):
         self._transport.write(head + mask + apply_mask(data, mask))
 
     def _send_close(self, code: int, reason: str) -> None:
-        self._write_frame(0x80 | OP_CLOSE, code.to_bytes(2, "big") + reason.encode())
+        if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+            raise ValueError(f"{code} may not be sent in a close frame")
+        # A control frame carries at most 125 bytes: the code and 123 of reason, whole characters.
+        raw = reason.encode()[:123].decode(errors="ignore").encode()
+        self._write_frame(0x80 | OP_CLOSE, code.to_bytes(2, "big") + raw)
         self._closing()
 
     def _closing(self) -> None:

@@ -118,6 +118,13 @@ class MediaClock:
             raise
 
     def _tick(self) -> bool:
+        try:
+            return self._tick_calls()
+        except Exception:  # a bug here must not stop the clock, or spin it on one deadline
+            logger.exception("media clock tick failed")
+            return True
+
+    def _tick_calls(self) -> bool:
         with self._lock:
             calls = list(self._calls.items())
         everyone = [call for call, _ in calls]

@@ -44,7 +44,9 @@ class Framed(Protocol):
     @property
     def frame_samples(self) -> int: ...
 
-    def take_caller_audio(self) -> tuple[Codec, Mixer, list[bytes]] | None: ...
+    def take_caller_audio(self) -> tuple[Mixer, list[tuple[Codec, bytes]]] | None:
+        """Inbound audio since the last tick, each chunk with the codec it arrived in (whole
+        samples, never empty), and the mixer whose ducking it drives."""
 
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
         """Mix the next frame into `out`; None when the call has nothing to send."""
@@ -70,16 +72,20 @@ class Framer:
                 continue
             if taken is None:
                 continue
-            codec, mixer, chunks = taken
-            group = groups.get(codec.name)
-            if group is None:
-                group = groups[codec.name] = (codec, [], [])
-            group[1].extend(chunks)
-            width = codec.bytes_per_sample
-            group[2].extend((mixer, len(chunk) // width) for chunk in chunks)
-        for codec, chunks, owners in groups.values():
-            pcm = codec.decode(b"".join(chunks))
-            levels = levels_dbfs(pcm, [samples for _, samples in owners])
+            mixer, chunks = taken
+            for codec, chunk in chunks:
+                group = groups.get(codec.name)
+                if group is None:
+                    group = groups[codec.name] = (codec, [], [])
+                group[1].append(chunk)
+                group[2].append((mixer, len(chunk) // codec.bytes_per_sample))
+        for codec, audio, owners in groups.values():
+            try:
+                pcm = codec.decode(b"".join(audio))
+                levels = levels_dbfs(pcm, [samples for _, samples in owners])
+            except Exception:  # the calls of this codec lose one tick of ducking input, no more
+                logger.exception("measuring %s caller audio failed", codec.name)
+                continue
             for (mixer, samples), level in zip(owners, levels, strict=True):
                 mixer.feed_level(level, samples)
 
@@ -103,8 +109,12 @@ class Framer:
                     continue
                 if frame is not None:
                     mixed.append((call, frame))
-            if mixed:
+            if not mixed:
+                continue
+            try:
                 self._send(rows[:len(mixed)], mixed, sent)
+            except Exception:  # only this group's frame is lost; the clock keeps going
+                logger.exception("finishing %d frames of %d samples failed", len(mixed), samples)
         return sent
 
     @staticmethod

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 LIVE = LIVE_STATUSES  # one definition: the event log marks exactly these interrupted at start-up
 TERMINAL_INJECTION = ("finished", "stopped", "failed")
-CALLER_AUDIO_BACKLOG = 25  # inbound frames kept for the ducking detector between clock ticks
+CALLER_AUDIO_BACKLOG = 25  # fewest inbound frames kept for the ducking detector between ticks
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ class CallSession:
         self._not_started: list[Injection] = []  # mixed injections whose first frame is still due
         self._conn: Sender | None = None
         # Inbound audio not yet measured for ducking (socket thread appends, clock thread takes).
-        # Bounded: nobody measures it while the clock is idle, and only the last moments matter.
-        self._caller_audio: deque[bytes] = deque(maxlen=CALLER_AUDIO_BACKLOG)
+        # Bounded: nobody measures it while the clock is idle, and only the last hold_ms matter.
+        backlog = max(CALLER_AUDIO_BACKLOG, settings.ducking.hold_ms // settings.frame_ms + 2)
+        self._caller_audio: deque[tuple[Codec, bytes]] = deque(maxlen=backlog)
         self._dead_conn: Sender | None = None  # the socket whose last send failed (clock thread only)
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
@@ -207,9 +208,11 @@ class CallSession:
         """Keep the caller's audio for the clock, which measures every call's at once for ducking."""
         self.frames_received += 1
         payload = media.payload
-        width = self._codec.bytes_per_sample
+        codec = self._codec
+        width = codec.bytes_per_sample
         if media.track == "inbound" and len(payload) >= width:
-            self._caller_audio.append(payload[:len(payload) - len(payload) % width])
+            # With its codec: a reconnect may change it before the clock measures this chunk.
+            self._caller_audio.append((codec, payload[:len(payload) - len(payload) % width]))
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -326,15 +329,15 @@ class CallSession:
     def frame_samples(self) -> int:
         return self.geometry.samples_per_frame
 
-    def take_caller_audio(self) -> tuple[Codec, Mixer, list[bytes]] | None:
-        """The inbound audio received since the last call, with what measures and hears it."""
+    def take_caller_audio(self) -> tuple[Mixer, list[tuple[Codec, bytes]]] | None:
+        """The inbound audio received since the last call, and the mixer it ducks."""
         pending = self._caller_audio
         if not pending:
             return None
         chunks = []
         while pending:
             chunks.append(pending.popleft())
-        return self._codec, self.mixer, chunks
+        return self.mixer, chunks
 
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
         """Mix the next frame into float32 `out`; None when there is nothing to play or nobody

@@ -1,0 +1,126 @@
+"""The media clock's tick (streams.framer, streams.clock driven by a loop): each call gets exactly
+the bytes it would get mixed and encoded alone, whatever codecs share the tick, and one call's
+failure costs no other call its frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixer.codecs import Codec, get_codec
+from mixer.geometry import FrameGeometry
+from mixer.mixer import Mixer
+from streams.clock import MediaClock
+from streams.framer import Framer, OutFrame
+
+LOUD, QUIET = 12000, 3
+
+
+class Call:
+    """A Framed call with a real mixer and codec; `twin` mixes the same sources for reference."""
+
+    def __init__(self, name: str, codec: str, rate: int, *, seed: int = 0, playing: bool = True) -> None:
+        self.call_control_id = name
+        self.geometry = FrameGeometry(rate)
+        self.codec: Codec = get_codec(codec, rate)
+        self.mixer, self.twin = Mixer(self.geometry), Mixer(self.geometry)
+        self.sent: list[bytes] = []
+        self.caller: list[tuple[Codec, bytes]] = []
+        self.broken = False
+        if playing:
+            rng = np.random.default_rng(seed)
+            music = (rng.uniform(-0.5, 0.5, rate // 3)).astype(np.float32)
+            for mixer in (self.mixer, self.twin):
+                mixer.add("music", music, gain_db=-3.0, loop=True, duck=True)
+                mixer.add("beep", music[: rate // 10] * 2, fade_out_ms=30)
+
+    @property
+    def frame_samples(self) -> int:
+        return self.geometry.samples_per_frame
+
+    def take_caller_audio(self) -> tuple[Mixer, list[tuple[Codec, bytes]]] | None:
+        if self.broken:
+            raise RuntimeError("broken call")
+        chunks, self.caller = self.caller, []
+        return (self.mixer, chunks) if chunks else None
+
+    def begin_frame(self, out: np.ndarray) -> OutFrame | None:
+        if self.broken:
+            raise RuntimeError("broken call")
+        finished = self.mixer.mix_into(out)
+        return None if finished is None else OutFrame(None, self.mixer, self.codec, finished)  # type: ignore[arg-type]
+
+    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
+        self.sent.append(payload)
+        return True
+
+    def expected(self) -> bytes | None:
+        frame = self.twin.mix()
+        return None if frame is None else self.codec.encode(frame.pcm)
+
+
+def test_every_call_gets_its_own_bytes_whatever_shares_the_tick() -> None:
+    calls = [Call("ulaw", "PCMU", 8000, seed=1), Call("broken", "PCMU", 8000, seed=2),
+             Call("alaw", "PCMA", 8000, seed=3), Call("idle", "PCMU", 8000, playing=False),
+             Call("l16-wide", "L16", 16000, seed=4), Call("l16", "L16", 8000, seed=5)]
+    calls[1].broken = True
+    framer = Framer()
+    for tick in range(40):
+        sent = framer.produce(calls)
+        assert {c.call_control_id for c in sent} == {"ulaw", "alaw", "l16-wide", "l16"}
+        for call in sent:
+            assert call.sent[-1] == call.expected(), (tick, call.call_control_id)
+    assert not calls[1].sent and not calls[3].sent
+
+
+def test_caller_levels_reach_each_calls_ducking_in_one_pass() -> None:
+    speaker, listener, broken = Call("a", "PCMU", 8000), Call("b", "L16", 16000), Call("c", "PCMA", 8000)
+    broken.broken = True
+    loud = np.full(160, LOUD, dtype=np.int16)
+    speaker.caller = [(speaker.codec, speaker.codec.encode(loud))]
+    # A chunk that arrived before a reconnect changed the codec is measured with its own codec.
+    ulaw = get_codec("PCMU", 8000)
+    listener.caller = [(ulaw, ulaw.encode(np.full(160, QUIET, dtype=np.int16))),
+                       (listener.codec, listener.codec.encode(np.full(320, QUIET, dtype=np.int16)))]
+    Framer().feed_levels([speaker, broken, listener])
+    assert speaker.mixer.caller_speaking and not listener.mixer.caller_speaking
+
+
+class Clock:
+    now = 100.0
+
+
+def test_a_loop_drives_the_clock_on_absolute_deadlines_with_the_lead_first() -> None:
+    pokes: list[int] = []
+    clock = MediaClock(frame_seconds=0.02, lead_seconds=0.06)
+    clock.drive_from(lambda: pokes.append(1))
+    assert clock.next_deadline(Clock.now) is None  # nobody to tick for: the loop may sleep
+    call = Call("a", "PCMU", 8000)
+    clock.add(call)  # type: ignore[arg-type]
+    assert pokes and clock.next_deadline(Clock.now) == Clock.now
+    clock.run_due(Clock.now)
+    assert len(call.sent) == 4  # the frame due now and 60 ms of lead
+    clock.run_due(Clock.now + 0.019)
+    assert len(call.sent) == 4
+    assert clock.next_deadline(Clock.now + 0.019) == pytest.approx(Clock.now + 0.02)
+    for k in range(1, 51):
+        clock.run_due(Clock.now + k * 0.02 + 0.001)
+    assert len(call.sent) == 54 and clock.stats.skipped == 0
+    clock.remove(call)  # type: ignore[arg-type]
+    clock.run_due(Clock.now + 51 * 0.02)  # nothing plays: the clock goes idle until poked
+    assert clock.next_deadline(Clock.now + 52 * 0.02) is None
+
+
+class Exploding(Call):
+    @property
+    def frame_samples(self) -> int:
+        raise RuntimeError("a bug outside any one call's guard")
+
+
+def test_a_failing_tick_moves_the_clock_on_instead_of_spinning_on_its_deadline() -> None:
+    clock = MediaClock(frame_seconds=0.02, lead_seconds=0.0)
+    clock.drive_from(lambda: None)
+    clock.add(Exploding("x", "PCMU", 8000))  # type: ignore[arg-type]
+    assert clock.next_deadline(Clock.now) == Clock.now
+    clock.run_due(Clock.now)
+    assert clock.next_deadline(Clock.now) == pytest.approx(Clock.now + 0.02)
