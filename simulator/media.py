@@ -5,10 +5,12 @@ every 20 ms), `dtmf`, `mark` echoes, `error` and `stop` as JSON text frames. It 
 app's `media`, `mark` and `clear` frames and plays the media to the caller on a playout clock.
 
 Scale: all streams share one event-loop thread and one absolute-deadline ticker that sends every
-stream's caller frame. A stream has no task of its own once it runs: its socket (simulator.wsclient)
-parses frames in `data_received` and calls the stream's handler inline, and a send is one
-`transport.write`. Per-message work is a JSON parse, a base64 decode, a G.711 table lookup and a
-few appends; nothing is logged per frame.
+stream's caller frame. Calls are not in lockstep on a real network: each stream gets one of
+PHASES offsets within the 20 ms period, so a tick sends a share of the calls' frames, not all.
+A stream has no task of its own once it runs: its socket (simulator.wsclient) parses frames in
+`data_received` and calls the stream's handler inline, and a send is one `transport.write`.
+Per-message work is a JSON parse, a base64 decode, a G.711 table lookup and a few appends;
+nothing is logged per frame.
 
 Behaviour chosen where the public documentation is silent (see PROTOCOL.md "UNCONFIRMED"):
 - error frames are `{"event":"error","payload":{code,title,detail},"stream_id"}` without a
@@ -70,6 +72,7 @@ MAX_CHUNK_S = 30.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Skip (and count) a caller frame rather than stall every call when one app stops reading.
 MAX_WRITE_BUFFER = 256 * 1024
+PHASES = 4  # offsets within a frame period at which streams send their caller frames
 CLOSE_TIMEOUT_S = 2.0
 MP3_MIN_INTERVAL_S = 1.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -391,6 +394,7 @@ class MediaStream:
         self.seq = 0
         self.chunk = 0
         self.closing = False  # we are ending this connection (stop, drop, hangup)
+        self.phase = 0  # which of the engine's PHASES sub-ticks sends this stream's caller frames
         self.started = asyncio.Event()
         self._pending_marks: deque[tuple[int, str]] = deque()  # (due sample, name), due non-decreasing
         self._last_mp3 = -1e9
@@ -452,6 +456,7 @@ class MediaStream:
         if self._on_streaming is not None:
             self._on_streaming(self)  # before anything the app sent, its close included, is handled
         self.state.notify()
+        self.phase = self.engine.next_phase()
         self.engine.active.add(self)
         self.ws.attach(self._handle, self._socket_closed)
 
@@ -732,9 +737,10 @@ class MediaEngine:
         self.allow_non_loopback = allow_non_loopback
         self.connect_timeout_s = connect_timeout_s
         self.active: set[MediaStream] = set()  # loop thread only
-        self.ticks = 0
-        self.late_ticks = 0  # ticks that fired more than one frame late (loop overloaded)
+        self.ticks = 0  # frame periods
+        self.late_ticks = 0  # frame periods that began more than one frame late (loop overloaded)
         self.resyncs = 0
+        self._phases_given = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -793,24 +799,33 @@ class MediaEngine:
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
 
+    def next_phase(self) -> int:
+        """The send offset of a new stream: round robin over PHASES (loop thread only)."""
+        self._phases_given += 1
+        return self._phases_given % PHASES
+
     async def _tick(self) -> None:
         deadline = time.monotonic()
+        phase = 0
         while True:
-            deadline += FRAME_S
+            deadline += FRAME_S / PHASES
+            phase = (phase + 1) % PHASES
             delay = deadline - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif delay < -FRAME_S:
-                self.late_ticks += 1
+                if phase == 0:
+                    self.late_ticks += 1
                 if delay < -5 * FRAME_S:
                     # Overloaded or suspended: start again from now rather than send a burst.
                     deadline = time.monotonic()
                     self.resyncs += 1
-            self.ticks += 1
+            if phase == 0:
+                self.ticks += 1
             now = time.monotonic()
             for stream in list(self.active):
                 ws = stream.ws
-                if ws is None or stream.closing:
+                if ws is None or stream.closing or stream.phase != phase:
                     continue
                 for due, name in stream.due_marks(now):
                     stream._echo_mark(name, due)
