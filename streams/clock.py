@@ -19,12 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from mixer.pacer import Pacer, PacerStats
+from mixer.pacer import IDLE_POLL_SECONDS, Pacer, PacerStats
 from streams.framer import Framed, Framer
 
 logger = logging.getLogger(__name__)
-
-IDLE_POLL_SECONDS = 1.0
 
 
 class MediaClock:
