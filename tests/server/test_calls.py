@@ -68,6 +68,26 @@ def test_wav_at_0_db_arrives_bit_exact_after_the_mulaw_round_trip(telnyx, server
     assert not arrived[start + len(expected):].any()  # then nothing: the pacer sends no padding
 
 
+def test_many_calls_at_once_each_get_their_own_audio_bit_exact(telnyx, server):
+    """The media clock finishes every call's frame in one block: no call's audio may leak into,
+    shift or cut another's, whatever order the calls start and end in."""
+    calls = [connected_call(telnyx, server) for _ in range(24)]
+    sources, injections = [], []
+    for i, call in enumerate(calls):
+        rng = np.random.default_rng(100 + i)
+        source = (rng.standard_normal(2400 + 160 * i + 7 * i) * 3000).clip(-20000, 20000).astype(np.int16)
+        source[0] = 1500 + i  # a known first sample to align on
+        sources.append(source)
+        injections.append(inject(server, call, {"audio_base64": base64.b64encode(wav_bytes(source)).decode()}))
+    for call, source, inj in zip(calls, sources, injections, strict=True):
+        wait_injection(server, call, inj["id"], "finished")
+        arrived = ulaw_decode(b"".join(payload for _, payload in call.received))
+        expected = ulaw_decode(ulaw_encode(source))
+        start = int(np.flatnonzero(arrived != 0)[0])
+        assert np.array_equal(arrived[start:start + len(expected)], expected), call.call_control_id
+        assert not arrived[start + len(expected):].any()
+
+
 def test_stopping_mid_way_fades_without_a_click(telnyx, server):
     call = connected_call(telnyx, server)
     inj = inject(server, call, {"tone": {"frequency_hz": 440, "duration_ms": 5000, "level_dbfs": -3}})
