@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import importlib.util
 import json
 import os
@@ -38,6 +37,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.serving import ServerProcess, answer_cpu_requests  # noqa: E402
 
 FRAME_S = 0.020
 WARMUP_S = 1.0
@@ -74,37 +75,8 @@ def serve() -> None:
 
     door = FrontDoor("127.0.0.1", 0, ws_paths={"/stream"}, accept=lambda *_: Answer(), idle_timeout_s=60)
     door.start()
-    print(door.port, flush=True)
-    for line in sys.stdin:  # the parent's control channel: "cpu" or EOF
-        if line.strip() == "cpu":
-            times = os.times()
-            print(times.user + times.system, flush=True)
+    answer_cpu_requests(door.port)  # until the parent closes our stdin
     door.stop()
-
-
-class Server:
-    def __init__(self, cpu: int | None) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
-        if cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {cpu})
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-
-    def cpu(self) -> float:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.proc.stdin.write("cpu\n")
-        return float(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- the simulator (this process) ------------------------------------------------------------
@@ -158,7 +130,7 @@ class LatenessProbe:
                 deadline = time.monotonic()
 
 
-def measure(media: ModuleType, port: int, streams: int, seconds: float, server: Server) -> dict[str, float]:
+def measure(media: ModuleType, port: int, streams: int, seconds: float, server: ServerProcess) -> dict[str, float]:
     from simulator.audio import CallerAudio
 
     engine = media.MediaEngine(connect_timeout_s=CONNECT_TIMEOUT_S)
@@ -193,10 +165,10 @@ def measure(media: ModuleType, port: int, streams: int, seconds: float, server: 
         probe = LatenessProbe()
         engine.spawn(probe.run())
         cpu0, sys0, msgs0, late0 = engine.submit(snapshot()).result(10)
-        srv0, wall0 = server.cpu(), time.monotonic()
+        srv0, wall0 = sum(server.cpu()), time.monotonic()
         time.sleep(seconds)
         cpu1, sys1, msgs1, late1 = engine.submit(snapshot()).result(10)
-        srv1, wall1 = server.cpu(), time.monotonic()
+        srv1, wall1 = sum(server.cpu()), time.monotonic()
         probe.running = False
         if failures:
             raise RuntimeError(f"streams failed during the run: {failures[:3]}")
@@ -220,7 +192,7 @@ def measure(media: ModuleType, port: int, streams: int, seconds: float, server: 
 def run(media: ModuleType, streams: int, seconds: float) -> dict[str, float]:
     cpus = sorted(os.sched_getaffinity(0))
     pin = len(cpus) >= 2
-    server = Server(cpus[0] if pin else None)
+    server = ServerProcess([__file__, "--serve"], cpus[0] if pin else None, cwd=ROOT)
     try:
         if pin:
             os.sched_setaffinity(0, {cpus[1]})

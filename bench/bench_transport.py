@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.serving import ServerProcess, answer_cpu_requests
 
 FRAME_S = 0.020
 WARMUP_S = 1.0
@@ -110,7 +110,7 @@ def serve(mode: str) -> None:
         from simple_websocket import ConnectionClosed
         from werkzeug.serving import make_server
 
-        app = Flask("bench")
+        app = Flask(__name__)
         sock = Sock(app)
 
         @sock.route("/stream")
@@ -125,11 +125,7 @@ def serve(mode: str) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.port
         stopper = server.shutdown
-    print(port, flush=True)
-    for line in sys.stdin:  # the parent's control channel: "cpu" or EOF
-        if line.strip() == "cpu":
-            times = os.times()
-            print(times.user, times.system, flush=True)
+    answer_cpu_requests(port)  # until the parent closes our stdin
     stop.set()
     stopper()
 
@@ -237,34 +233,7 @@ class Stats:
         self.rtts = []
 
 
-class Server:
-    def __init__(self, mode: str, cpu: int | None) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", mode], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        if cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {cpu})
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.port = int(self.proc.stdout.readline())
-
-    def cpu(self) -> tuple[float, float]:
-        """(user, system) CPU seconds of the server process so far, all threads."""
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.proc.stdin.write("cpu\n")
-        user, system = self.proc.stdout.readline().split()
-        return float(user), float(system)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-async def drive(port: int, calls: int, seconds: float, echo: bool, server: Server) -> dict[str, float]:
+async def drive(port: int, calls: int, seconds: float, echo: bool, server: ServerProcess) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     stats = Stats(echo)
     protocols: list[Call] = []
@@ -316,7 +285,7 @@ async def drive(port: int, calls: int, seconds: float, echo: bool, server: Serve
 def run(mode: str, calls: int, seconds: float) -> dict[str, float]:
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pin = len(cpus) >= 2
-    server = Server(mode, cpus[-1] if pin else None)
+    server = ServerProcess([__file__, "--serve", mode], cpus[-1] if pin else None)
     try:
         if pin:
             os.sched_setaffinity(0, set(cpus[:-1]))
