@@ -7,6 +7,7 @@ what the client put on the wire, unmasking it the way a server must.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
@@ -372,28 +373,32 @@ def test_silent_server_times_out_the_upgrade(engine, server):
 # ---- through the fake: what a test of the app sees ------------------------------------------
 
 
-@pytest.mark.parametrize("accept", [None, "d3Jvbmc="])
-def test_refused_upgrade_fails_the_stream_as_connection_failed(receiver: WebhookReceiver, server, accept):
+@contextlib.contextmanager
+def streaming_to(receiver: WebhookReceiver, server: Any) -> Iterator[tuple[FakeTelnyx, Any, Any, Any]]:
+    """A call answered and told to stream to `server`, whose side of the socket is accepted but
+    not yet upgraded: (fake, SDK client, call, peer)."""
     with FakeTelnyx("K", webhook_url=receiver.url) as fake:
         client = telnyx.Telnyx(api_key="K", base_url=fake.base_url, max_retries=0)
         call = fake.place_call()
         client.calls.actions.answer(call.call_control_id)
         client.calls.actions.start_streaming(call.call_control_id, **rtp_params(server.url))
-        peer = server.accept()
+        try:
+            yield fake, client, call, server.accept()
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("accept", [None, "d3Jvbmc="])
+def test_refused_upgrade_fails_the_stream_as_connection_failed(receiver: WebhookReceiver, server, accept):
+    with streaming_to(receiver, server) as (_fake, _client, call, peer):
         peer.handshake(status="101 Switching Protocols" if accept else "500 Internal Server Error", accept=accept)
         failed = receiver.wait_for("streaming.failed")[0]["data"]["payload"]
         assert failed["failure_reason"] == "connection_failed"
         assert call.streaming_status == "failed"
-        client.close()
 
 
 def test_app_close_code_and_reason_reach_the_call(receiver: WebhookReceiver, server):
-    with FakeTelnyx("K", webhook_url=receiver.url) as fake:
-        client = telnyx.Telnyx(api_key="K", base_url=fake.base_url, max_retries=0)
-        call = fake.place_call()
-        client.calls.actions.answer(call.call_control_id)
-        client.calls.actions.start_streaming(call.call_control_id, **rtp_params(server.url))
-        peer = server.accept()
+    with streaming_to(receiver, server) as (_fake, _client, call, peer):
         peer.handshake()
         assert json.loads(peer.recv_frame()[2])["event"] == "connected"
         assert json.loads(peer.recv_frame()[2])["event"] == "start"
@@ -405,16 +410,10 @@ def test_app_close_code_and_reason_reach_the_call(receiver: WebhookReceiver, ser
         call.wait_status("closed_by_app")
         assert (call.close_code, call.media.close_reason) == (1011, "handler crashed")
         receiver.wait_for("streaming.stopped")
-        client.close()
 
 
 def test_hangup_sends_stop_then_a_1000_close_and_waits_for_the_echo(receiver: WebhookReceiver, server):
-    with FakeTelnyx("K", webhook_url=receiver.url) as fake:
-        client = telnyx.Telnyx(api_key="K", base_url=fake.base_url, max_retries=0)
-        call = fake.place_call()
-        client.calls.actions.answer(call.call_control_id)
-        client.calls.actions.start_streaming(call.call_control_id, **rtp_params(server.url))
-        peer = server.accept()
+    with streaming_to(receiver, server) as (_fake, client, call, peer):
         peer.handshake()
         call.wait_streaming()
         hangup = threading.Thread(target=client.calls.actions.hangup, args=(call.call_control_id,))
@@ -434,16 +433,10 @@ def test_hangup_sends_stop_then_a_1000_close_and_waits_for_the_echo(receiver: We
         hangup.join(WAIT)
         call.wait_status("stopped")
         assert call.close_code is None  # we ended it: nothing is recorded as the app's doing
-        client.close()
 
 
 def test_app_that_stops_reading_loses_caller_frames_not_the_tick(receiver: WebhookReceiver, server):
-    with FakeTelnyx("K", webhook_url=receiver.url) as fake:
-        client = telnyx.Telnyx(api_key="K", base_url=fake.base_url, max_retries=0)
-        call = fake.place_call()
-        client.calls.actions.answer(call.call_control_id)
-        client.calls.actions.start_streaming(call.call_control_id, **rtp_params(server.url))
-        peer = server.accept()
+    with streaming_to(receiver, server) as (fake, _client, call, peer):
         peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         peer.handshake()
         call.wait_streaming()
@@ -457,5 +450,4 @@ def test_app_that_stops_reading_loses_caller_frames_not_the_tick(receiver: Webho
         skipped, ticks = call.media.stats.frames_skipped, fake.engine.ticks
         wait_until(lambda: fake.engine.ticks > ticks + 10, what="the ticker going on")
         assert call.media.stats.frames_skipped >= skipped + 10
-        client.close()
 
