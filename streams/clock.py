@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
-from mixer.pacer import IDLE_POLL_SECONDS, Pacer, PacerStats
+from mixer.pacer import Pacer, PacerStats, run_pacer
 from streams.framer import Framed, Framer
 
 logger = logging.getLogger(__name__)
@@ -101,16 +100,8 @@ class MediaClock:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
-                deadline = self.next_deadline(time.monotonic())
-                if deadline is None:
-                    self._woken.wait(IDLE_POLL_SECONDS)
-                    continue
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # precise; a stop waits at most one frame
-                    continue
-                self.run_due(time.monotonic())
+            run_pacer(self._tick, frame_seconds=self.frame_seconds, lead_seconds=0.0,
+                      stop=self._stop, wake=self._woken, stats=self.stats)
         except Exception:
             logger.exception("media clock crashed; no call gets frames any more")
             raise

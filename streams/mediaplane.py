@@ -8,7 +8,7 @@ peeked at and handed, unconsumed, to werkzeug on a small thread pool (mediaplane
 Threads:
 - the loop thread reads, parses and dispatches frames, and calls Handler methods; they must
   return quickly.
-- any thread may call Connection.send_text/send_many/close. A send frames the message and
+- any thread may call Connection.send_text/close. A send frames the message and
   writes it straight to the non-blocking socket under the connection's lock; only what the
   kernel does not take is buffered, and only then is the loop woken to watch for writability.
 """
@@ -137,19 +137,6 @@ class Connection:
             if self._state != _OPEN:
                 return False
             self.messages_out += 1
-            self.bytes_out += len(data)
-            return self._write_locked(data)
-
-    def send_many(self, texts: Iterable[str]) -> bool:
-        """Queue several text messages with one write."""
-        frames = [wire.frame_text(t) for t in texts]
-        if not frames:
-            return self._state == _OPEN
-        data = b"".join(frames)
-        with self._lock:
-            if self._state != _OPEN:
-                return False
-            self.messages_out += len(frames)
             self.bytes_out += len(data)
             return self._write_locked(data)
 
