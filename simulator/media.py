@@ -35,6 +35,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -94,6 +95,12 @@ def _dumps(obj: dict[str, Any]) -> str:
 
 
 _scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+# The media frame most apps send, in its shortest spelling. A full match is that JSON object and
+# nothing else (no whitespace, escapes or repeated keys, no character JSON would reject), so it
+# means what json.loads would read; anything else is parsed as JSON.
+_EXACT_APP_MEDIA = re.compile(r'\{"event":"media","media":\{"payload":"([^"\\\x00-\x1f]*)"\}\}')
 
 
 def _loads(text: str) -> Any:
@@ -353,19 +360,22 @@ class StreamState:
             self.cond.notify_all()
 
 
-# Encoded caller audio is shared by every call using the same CallerAudio instance.
-_ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, bool]]] = (
+# Encoded caller audio is shared by every call using the same CallerAudio instance, with the
+# base64 of the frames a looping one has sent so far (by byte offset), as a loop repeats them.
+_ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, dict[int, str]]]] = (
     weakref.WeakKeyDictionary())
 _ENCODED_LOCK = threading.Lock()
+_MAX_CACHED_FRAMES = 4096  # per clip and format: ~1 MB of base64
 
 
-def encoded_caller_audio(audio: CallerAudio, encoding: str, rate: int, byteorder: str) -> bytes:
+def encoded_caller_audio(audio: CallerAudio, encoding: str, rate: int,
+                         byteorder: str) -> tuple[bytes, dict[int, str]]:
     with _ENCODED_LOCK:
         per = _ENCODED.setdefault(audio, {})
         key = (encoding, rate, byteorder)
         if key not in per:
-            per[key] = (g711.encode(to_pcm16(audio.render(rate)), encoding, l16_byteorder=byteorder), audio.loop)
-        return per[key][0]
+            per[key] = (g711.encode(to_pcm16(audio.render(rate)), encoding, l16_byteorder=byteorder), {})
+        return per[key]
 
 
 class MediaStream:
@@ -402,8 +412,8 @@ class MediaStream:
         self._frame_samples = rate * FRAME_MS // 1000
         self._frame_bytes = self._frame_samples * g711.bytes_per_sample(enc)
         self._silence_b64 = base64.b64encode(g711.silence_payload(enc, self._frame_samples)).decode()
-        self._caller = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
-            if caller_audio.kind != "silence" else b""
+        self._caller, self._caller_b64 = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
+            if caller_audio.kind != "silence" else (b"", {})
         self._caller_loop = caller_audio.loop
         self._send_inbound = params.track in ("inbound_track", "both_tracks")
         self._send_outbound = params.track in ("outbound_track", "both_tracks")
@@ -456,8 +466,7 @@ class MediaStream:
         if self._on_streaming is not None:
             self._on_streaming(self)  # before anything the app sent, its close included, is handled
         self.state.notify()
-        self.phase = self.engine.next_phase()
-        self.engine.active.add(self)
+        self.engine.join(self)
         self.ws.attach(self._handle, self._socket_closed)
 
     def _start_frame(self) -> dict[str, Any]:
@@ -480,7 +489,7 @@ class MediaStream:
             self._peer_closed()
 
     def _peer_closed(self) -> None:
-        self.engine.active.discard(self)
+        self.engine.leave(self)
         if self.ws is not None:
             self.state.close_code = self.ws.close_code
             self.state.close_reason = self.ws.close_reason
@@ -494,7 +503,7 @@ class MediaStream:
     async def stop(self, *, send_stop: bool = True) -> None:
         """Telnyx ends the stream: `stop` frame, then a normal close."""
         self.closing = True
-        self.engine.active.discard(self)
+        self.engine.leave(self)
         self.state.recorder.truncate(time.monotonic())
         self._pending_marks.clear()
         if self.ws is None:
@@ -512,7 +521,7 @@ class MediaStream:
     def drop(self) -> None:
         """Lose the TCP connection: no stop frame, no close handshake."""
         self.closing = True
-        self.engine.active.discard(self)
+        self.engine.leave(self)
         self.state.recorder.truncate(time.monotonic())
         self._pending_marks.clear()
         if self.ws is not None:
@@ -586,14 +595,20 @@ class MediaStream:
             return self._silence_b64
         if self._caller_loop:
             pos %= len(data)
+            cached = self._caller_b64.get(pos)
+            if cached is not None:
+                return cached
             piece = data[pos:pos + size]
             if len(piece) < size:
                 piece += data[: size - len(piece)] if len(data) >= size - len(piece) else \
                     g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
-        else:
-            piece = data[pos:pos + size]
-            if len(piece) < size:
-                piece += g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
+            text = base64.b64encode(piece).decode()
+            if len(self._caller_b64) < _MAX_CACHED_FRAMES:
+                self._caller_b64[pos] = text
+            return text
+        piece = data[pos:pos + size]
+        if len(piece) < size:
+            piece += g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
         return base64.b64encode(piece).decode()
 
     def _heard_frame(self, now: float) -> str:
@@ -620,6 +635,10 @@ class MediaStream:
     def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             self._error(100003, "Binary frames are not accepted; send JSON text frames.")
+            return
+        exact = _EXACT_APP_MEDIA.fullmatch(message)
+        if exact is not None:
+            self._media(exact.group(1))
             return
         try:
             frame = _loads(message)
@@ -737,6 +756,7 @@ class MediaEngine:
         self.allow_non_loopback = allow_non_loopback
         self.connect_timeout_s = connect_timeout_s
         self.active: set[MediaStream] = set()  # loop thread only
+        self._phases: list[dict[MediaStream, None]] = [{} for _ in range(PHASES)]  # active, by send offset
         self.ticks = 0  # frame periods
         self.late_ticks = 0  # frame periods that began more than one frame late (loop overloaded)
         self.resyncs = 0
@@ -799,10 +819,16 @@ class MediaEngine:
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
 
-    def next_phase(self) -> int:
-        """The send offset of a new stream: round robin over PHASES (loop thread only)."""
+    def join(self, stream: MediaStream) -> None:
+        """`stream` starts sending caller frames, at the next send offset round robin (loop thread)."""
         self._phases_given += 1
-        return self._phases_given % PHASES
+        stream.phase = self._phases_given % PHASES
+        self.active.add(stream)
+        self._phases[stream.phase][stream] = None
+
+    def leave(self, stream: MediaStream) -> None:
+        self.active.discard(stream)
+        self._phases[stream.phase].pop(stream, None)
 
     async def _tick(self) -> None:
         deadline = time.monotonic()
@@ -823,9 +849,9 @@ class MediaEngine:
             if phase == 0:
                 self.ticks += 1
             now = time.monotonic()
-            for stream in list(self.active):
+            for stream in list(self._phases[phase]):
                 ws = stream.ws
-                if ws is None or stream.closing or stream.phase != phase:
+                if ws is None or stream.closing:
                     continue
                 for due, name in stream.due_marks(now):
                     stream._echo_mark(name, due)
@@ -840,4 +866,4 @@ class MediaEngine:
                         ws.send_text(text)
                     stream.state.stats.frames_sent += len(frames)
                 except ConnectionClosed:
-                    self.active.discard(stream)
+                    self.leave(stream)

@@ -49,6 +49,50 @@ def test_media_frame_decodes_payload_and_string_fields():
     assert frame == protocol.Media(payload=audio, track="inbound", chunk=2, stream_id="s1")
 
 
+def _general(text):
+    """What the JSON path makes of `text`: the frame, or the ProtocolError's message."""
+    try:
+        return protocol._parse_media(json.loads(text))
+    except protocol.ProtocolError as exc:
+        return str(exc)
+
+
+def _either(text):
+    try:
+        return protocol.parse_frame(text)
+    except protocol.ProtocolError as exc:
+        return str(exc)
+
+
+PAYLOAD = base64.b64encode(bytes(range(160))).decode()
+EXACT = ('{"event":"media","sequence_number":"4","media":{"track":"inbound","chunk":"2","timestamp":"5",'
+         '"payload":"%s"},"stream_id":"%s"}')
+
+
+@pytest.mark.parametrize("text", [
+    EXACT % (PAYLOAD, "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"),  # Telnyx's own spelling: the fast path
+    EXACT % ("", "s1"),
+    EXACT % (PAYLOAD, r"\u00e9t\u00e9"),                       # escapes: the JSON path
+    EXACT % (PAYLOAD, "été"),
+    EXACT % (PAYLOAD, r"a\"b"),
+    EXACT % ("@@@", "s1"),                                      # the fast path's shape, bad base64
+    EXACT % ("/w=", "s1"),
+    EXACT.replace('"inbound"', '"outbound_track"') % (PAYLOAD, "s1"),
+    EXACT.replace('"2"', '"' + "9" * 19 + '"') % (PAYLOAD, "s1"),
+    EXACT.replace('"2"', '"٣"') % (PAYLOAD, "s1"),                # a digit, but not an ASCII one
+    EXACT.replace(",", ", ") % (PAYLOAD, "s1"),
+    EXACT.replace('"stream_id":"%s"}', '"stream_id":"%s","stream_id":"other"}') % (PAYLOAD, "s1"),
+])
+def test_media_frames_parse_alike_on_either_path(text):
+    assert _either(text) == _general(text)
+
+
+@pytest.mark.parametrize("chunk", ["²", "٣", "9" * 5000])
+def test_unreadable_chunk_numbers_are_dropped_not_fatal(chunk):
+    text = json.dumps({"event": "media", "media": {"chunk": chunk, "payload": "/w=="}})
+    assert protocol.parse_frame(text) == protocol.Media(b"\xff", "inbound", None, None)
+
+
 def test_track_suffix_is_tolerated():
     text = json.dumps({"event": "media", "media": {"track": "inbound_track", "payload": "/w=="}})
     frame = protocol.parse_frame(text)
@@ -109,3 +153,9 @@ def test_outbound_frames_are_exactly_the_documented_shapes():
         "event": "media", "media": {"payload": base64.b64encode(payload).decode()}}
     assert json.loads(protocol.mark_frame("inj_1")) == {"event": "mark", "mark": {"name": "inj_1"}}
     assert json.loads(protocol.clear_frame()) == {"event": "clear"}
+
+
+def test_telnyx_spelling_takes_the_fast_path():
+    # The parity test above is only worth something if both paths really run.
+    assert protocol._EXACT_MEDIA.fullmatch(EXACT % (PAYLOAD, "s1")) is not None
+    assert protocol._EXACT_MEDIA.fullmatch(EXACT.replace(",", ", ") % (PAYLOAD, "s1")) is None

@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 import telnyx
 
 from simulator import CallerAudio, FakeTelnyx, g711
@@ -73,6 +74,21 @@ def test_media_frames_match_the_documented_shape(fake, client, stream_server):
     sent = np.concatenate([g711.decode(base64.b64decode(f["media"]["payload"]), "PCMU") for f in frames])
     expected = g711.decode(g711.encode(call.caller_pcm()[:480], "PCMU"), "PCMU")
     assert np.array_equal(sent, expected)
+
+
+@pytest.mark.parametrize("clip_ms", [60, 50])  # whole frames, and a seam inside a frame
+def test_a_looping_caller_clip_repeats_exactly_on_every_pass(fake, client, stream_server, clip_ms):
+    rng = np.random.default_rng(clip_ms)
+    clip = rng.uniform(-0.5, 0.5, 8 * clip_ms).astype(np.float32)
+    caller = CallerAudio.from_pcm(clip, 8000, loop=True)
+    call = start_call(fake, client, stream_server.url, caller=caller)
+    stream_server.wait_frames("media", 12)
+    frames = [json.loads(m) for m in stream_server.raw("media")[:12]]
+    sent = np.concatenate([g711.decode(base64.b64decode(f["media"]["payload"]), "PCMU") for f in frames])
+    expected = g711.decode(g711.encode(call.caller_pcm()[:len(sent)], "PCMU"), "PCMU")
+    assert np.array_equal(sent, expected)
+    period = 8 * clip_ms
+    assert np.array_equal(sent[period:2 * period], sent[:period])
 
 
 def test_l16_stream_reports_rate_and_sends_big_endian_samples(fake, client, stream_server):

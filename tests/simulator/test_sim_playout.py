@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import soundfile as sf
 import telnyx
 
 from simulator import FakeTelnyx, SimCall, g711
+from simulator import media as media_module
 from simulator.media import Recorder
 from tests.simulator.conftest import StreamServer, WebhookReceiver, rtp_params, wait_until
 
@@ -122,6 +124,8 @@ def test_l16_odd_byte_count_is_invalid_media(fake, client, stream_server):
     ('{"event": "media", "media": {}}', 100003),
     ('{"event": "mark", "mark": {"name": 7}}', 100003),
     ('{"event": "media", "media": {"payload": "***not base64***"}}', 100004),
+    ('{"event":"media","media":{"payload":"***not base64***"}}', 100004),  # the compact spelling
+    ('{"event":"media","media":{"payload":"\\u00ff"}}', 100004),
 ])
 def test_frames_other_than_ours_get_error_frames(fake, client, stream_server, message, code):
     call = streaming_call(fake, client, stream_server.url)
@@ -130,6 +134,23 @@ def test_frames_other_than_ours_get_error_frames(fake, client, stream_server, me
     assert call.errors_sent[0]["payload"]["code"] == code
     stream_server.send(mark("still-open"))
     call.wait_mark("still-open")  # the socket stays usable after an error
+
+
+def test_compact_and_spaced_media_frames_play_alike(fake, client, stream_server):
+    # Compact frames take a shortcut past json.loads; what is heard must not depend on it.
+    call = streaming_call(fake, client, stream_server.url)
+    frame = media(tone_pcm(40))
+    compact = json.dumps(frame, separators=(",", ":"))
+    assert media_module._EXACT_APP_MEDIA.fullmatch(compact) is not None
+    stream_server.send(compact)
+    stream_server.send(json.dumps(frame))
+    stream_server.send(mark("both"))
+    call.wait_mark("both")
+    heard = call.heard_pcm()
+    start = int(np.flatnonzero(heard)[0])
+    first, second = heard[start:start + 320], heard[start + 320:start + 640]
+    assert np.array_equal(first, second) and np.abs(first).max() > 3000
+    assert not call.errors_sent
 
 
 def test_mp3_mode_is_the_default_and_ignores_raw_audio(fake, client, stream_server):
