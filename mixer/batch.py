@@ -35,6 +35,7 @@ class FrameBlock:
 def finish_frames(block: np.ndarray, mixers: Sequence[Mixer]) -> np.ndarray:
     """Limit row i with mixers[i]'s limiter, in place, and return the block as int16."""
     peaks = np.abs(block).max(axis=1).tolist()
-    for mixer, row, peak in zip(mixers, block, peaks, strict=True):
-        mixer.limit(row, peak)
+    for i, (mixer, peak) in enumerate(zip(mixers, peaks, strict=True)):
+        if peak > mixer.limiter.passes_below:  # else the limiter would leave the row as it is
+            mixer.limit(block[i], peak)
     return float_to_pcm16(block)

@@ -11,6 +11,7 @@ a 256-entry int16 table with the payload bytes. Both are a single numpy gather.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -194,8 +195,12 @@ _G711_RATES = (8000,)
 _L16_RATES = (8000, 16000)
 
 
+@functools.lru_cache(maxsize=64)
 def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Codec:
-    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive)."""
+    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive).
+
+    One instance per format, so calls on the same format share it (the media clock encodes
+    those together)."""
     name = encoding.strip().upper()
     if name in ("PCMU", "PCMA"):
         if sample_rate not in _G711_RATES:

@@ -25,6 +25,14 @@ class Limiter:
         self.threshold = np.float32(10.0 ** (threshold_dbfs / 20.0))
         self._step_db = release_db_per_second / sample_rate
         self.gain_db = 0.0  # current gain reduction (<= 0)
+        # A frame whose peak is at most this passes untouched: the threshold at rest, -1 while
+        # the gain recovers. Lets a caller with many frames skip the call for most of them.
+        self.passes_below = float(self.threshold)
+
+    def reset(self) -> None:
+        """Back to rest: the next sound starts without leftover gain reduction."""
+        self.gain_db = 0.0
+        self.passes_below = float(self.threshold)
 
     def process(self, x: np.ndarray, peak: float | None = None) -> None:
         """Limit float32 `x` in place; `peak` is max |x| when the caller has it already."""
@@ -33,7 +41,7 @@ class Limiter:
             return
         if peak is None:
             peak = max(float(x.max()), -float(x.min()))
-        if self.gain_db >= 0.0 and peak <= self.threshold:
+        if peak <= self.passes_below:
             return
         i = np.arange(n, dtype=np.float64)
         magnitude = np.maximum(np.abs(x).astype(np.float64), float(self.threshold))
@@ -43,6 +51,7 @@ class Limiter:
         np.minimum(gain_db, self.gain_db + ramp + self._step_db, out=gain_db)
         np.minimum(gain_db, 0.0, out=gain_db)
         self.gain_db = float(gain_db[-1])
+        self.passes_below = float(self.threshold) if self.gain_db >= 0.0 else -1.0
         x *= (10.0 ** (gain_db / 20.0)).astype(np.float32)
         # Rounding in the gain can leave a sample an ulp above the threshold; keep the promise.
         np.clip(x, -self.threshold, self.threshold, out=x)

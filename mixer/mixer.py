@@ -193,7 +193,7 @@ class Mixer:
         self._finished_played: OrderedDict[str, int] = OrderedDict()
         self._detector = SpeechDetector(ducking, geometry.sample_rate)
         self._duck = DuckEnvelope(ducking, geometry.sample_rate, n)
-        self._limiter = Limiter(limiter_threshold_dbfs, geometry.sample_rate)
+        self.limiter = Limiter(limiter_threshold_dbfs, geometry.sample_rate)  # the mixing thread's
 
     # -- control (any thread) -------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class Mixer:
         with self._lock:
             if not self._tracks:
                 # Silence is a full release: the next sound starts without leftover gain reduction.
-                self._limiter.gain_db = 0.0
+                self.limiter.reset()
                 return None
             duck_gain = self._duck.advance(n, self._detector.speaking)
             finished: list[str] = []
@@ -355,4 +355,4 @@ class Mixer:
 
     def limit(self, acc: np.ndarray, peak: float | None = None) -> None:
         """The limiter, in place, on a frame from mix_into; `peak` (max |acc|) if already known."""
-        self._limiter.process(acc, peak)
+        self.limiter.process(acc, peak)

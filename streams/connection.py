@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 class Sender(Protocol):
     label: str
 
-    def send(self, text: str) -> bool: ...
+    def send(self, text: str | bytes) -> bool:
+        """One text message, or its UTF-8 bytes (the media clock builds them so); False once gone."""
 
     def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -41,7 +42,7 @@ class PlaneSender:
         self._conn = conn
         self.label = "-"
 
-    def send(self, text: str) -> bool:
+    def send(self, text: str | bytes) -> bool:
         return self._conn.send_text(text)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -61,14 +62,15 @@ class Connection:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def send(self, text: str) -> bool:
-        """Send one text message; False once the socket is gone."""
+    def send(self, text: str | bytes) -> bool:
+        """Send one text message (bytes: its UTF-8); False once the socket is gone."""
         with self._lock:
             if not self.open or not self._ws.connected:
                 self.open = False
                 return False
             try:
-                self._ws.sock.sendall(self._ws.ws.send(TextMessage(data=text)))
+                message = text if isinstance(text, str) else text.decode()
+                self._ws.sock.sendall(self._ws.ws.send(TextMessage(data=message)))
             except (OSError, LocalProtocolError) as exc:  # the stream is unusable after this
                 logger.info("[%s] socket write failed: %s", self.label, exc)
                 self.open = False

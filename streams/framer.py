@@ -5,7 +5,7 @@ cost per operation dominates. So the framer batches across calls (see mixer.batc
 - inbound: the caller audio each call received since the last tick is decoded and measured in
   one pass per codec, then fed to each call's ducking detector;
 - outbound: each call mixes into one row of a block; the block is limited, converted and
-  encoded together, and each call sends its row.
+  encoded and wrapped in their media messages together, and each call sends its own.
 Only the mixing itself, and the send, stay per call.
 """
 
@@ -23,6 +23,7 @@ from mixer.codecs import Codec
 from mixer.ducking import levels_dbfs
 from mixer.mixer import Mixer
 from streams.connection import Sender
+from streams.protocol import media_frame, media_messages
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ class Framed(Protocol):
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
         """Mix the next frame into `out`; None when the call has nothing to send."""
 
-    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
-        """Send the encoded frame; False when it could not be sent."""
+    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
+        """Send the frame's media message (protocol.media_frame of its encoded bytes, as UTF-8);
+        False when it could not be sent."""
 
 
 class Framer:
@@ -121,16 +123,15 @@ class Framer:
     def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed])
         codec = mixed[0][1].codec
-        name = codec.name
-        if all(frame.codec.name == name for _, frame in mixed):
-            data = codec.encode(pcm)
-            size = len(data) // len(mixed)
-            payloads = [data[i:i + size] for i in range(0, len(data), size)]
+        if all(frame.codec is codec for _, frame in mixed):
+            encoded = np.frombuffer(codec.encode(pcm), dtype=np.uint8).reshape(len(mixed), -1)
+            messages = media_messages(encoded)
         else:  # calls of one frame size on different codecs: rare, encode row by row
-            payloads = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
-        for (call, frame), payload in zip(mixed, payloads, strict=True):
+            messages = [media_frame(frame.codec.encode(row)).encode()
+                        for (_, frame), row in zip(mixed, pcm, strict=True)]
+        for (call, frame), message in zip(mixed, messages, strict=True):
             try:
-                if call.end_frame(frame, payload):
+                if call.end_frame(frame, message):
                     sent.append(call)
             except Exception:
                 logger.exception("[%s] sending a frame failed", call.call_control_id)

@@ -130,8 +130,8 @@ class Connection:
 
     # -- sending (any thread) ------------------------------------------------------------------
 
-    def send_text(self, text: str) -> bool:
-        """Queue one text message; False once the connection is closing or closed."""
+    def send_text(self, text: str | bytes) -> bool:
+        """Queue one text message (or its UTF-8); False once the connection is closing or closed."""
         data = wire.frame_text(text)
         with self._lock:
             if self._state != _OPEN:

@@ -77,9 +77,9 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return _HEAD_64.pack(0x80 | opcode, 127, n) + payload
 
 
-def frame_text(text: str) -> bytes:
-    """The hot path of every outbound media message: one final text frame."""
-    payload = text.encode()
+def frame_text(text: str | bytes) -> bytes:
+    """The hot path of every outbound media message: one final text frame (bytes: its UTF-8)."""
+    payload = text.encode() if isinstance(text, str) else text
     n = len(payload)
     if n < 126:
         return bytes((0x81, n)) + payload

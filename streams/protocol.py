@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 AUTH_TOKEN_HEADER = "x-telnyx-streaming-auth-token"
 
 
@@ -252,6 +254,44 @@ def media_frame(payload: bytes) -> str:
     """Our audio for the caller: raw codec bytes, base64, no RTP header, no stream_id needed."""
     # Built by concatenation: base64 needs no JSON escaping and this runs 50 times a second per call.
     return _MEDIA_PREFIX + base64.b64encode(payload).decode("ascii") + _MEDIA_SUFFIX
+
+
+_MEDIA_HEAD = np.frombuffer(_MEDIA_PREFIX.encode(), dtype=np.uint8)
+_MEDIA_TAIL = np.frombuffer(_MEDIA_SUFFIX.encode(), dtype=np.uint8)
+_B64_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
+_B64_PAD = ord("=")
+
+
+def media_messages(frames: np.ndarray) -> list[bytes]:
+    """media_frame() of every row of `frames` (uint8, one encoded frame per row), UTF-8 encoded.
+
+    The media clock sends hundreds of these per tick; built together they cost one base64 pass
+    and a few numpy operations instead of a base64 call and three string joins per call. Each
+    row's bytes but the last one or two (its length mod 3) are a whole number of base64 groups,
+    so one b2a_base64 of those columns, cut every 4/3 row, gives every row's base64 but its last
+    group, which is worked out here with its padding.
+    """
+    count, size = frames.shape
+    whole = size - size % 3
+    body = 4 * -(-size // 3)
+    start = len(_MEDIA_HEAD)
+    width = start + body + len(_MEDIA_TAIL)
+    out = np.empty((count, width), dtype=np.uint8)
+    out[:, :start] = _MEDIA_HEAD
+    out[:, start + body:] = _MEDIA_TAIL
+    if whole and count:
+        text = binascii.b2a_base64(np.ascontiguousarray(frames[:, :whole]).tobytes(), newline=False)
+        out[:, start:start + whole // 3 * 4] = np.frombuffer(text, dtype=np.uint8).reshape(count, -1)
+    if whole < size:
+        last = out[:, start + body - 4:start + body]
+        b0 = frames[:, whole]
+        b1 = frames[:, whole + 1] if size - whole == 2 else np.zeros_like(b0)
+        last[:, 0] = _B64_ALPHABET[b0 >> 2]
+        last[:, 1] = _B64_ALPHABET[((b0 & 3) << 4) | (b1 >> 4)]
+        last[:, 2] = _B64_ALPHABET[(b1 & 15) << 2] if size - whole == 2 else _B64_PAD
+        last[:, 3] = _B64_PAD
+    data = out.tobytes()
+    return [data[i:i + width] for i in range(0, len(data), width)]
 
 
 def mark_frame(name: str) -> str:

@@ -98,6 +98,7 @@ class CallSession:
         self._dead_conn: Sender | None = None  # the socket whose last send failed (clock thread only)
         self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
         self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
+        self.frame_samples = self.geometry.samples_per_frame  # read by the clock every tick
         self._clock = clock
         self.mixer = self._new_mixer()
         # Counted by the clock and the socket reader respectively; read for views only.
@@ -167,6 +168,7 @@ class CallSession:
             if fmt.sample_rate != self.geometry.sample_rate:
                 # Sources were decoded at the configured rate; Telnyx chose another one.
                 self.geometry = FrameGeometry(fmt.sample_rate, self.settings.frame_ms)
+                self.frame_samples = self.geometry.samples_per_frame
                 for inj in self.injections.values():
                     if inj.active and inj.mode == "mix":
                         self._finish(inj, "failed", error="stream sample rate changed")
@@ -325,10 +327,6 @@ class CallSession:
 
     # -- the media clock's thread -----------------------------------------------------------------
 
-    @property
-    def frame_samples(self) -> int:
-        return self.geometry.samples_per_frame
-
     def take_caller_audio(self) -> tuple[Mixer, list[tuple[Codec, bytes]]] | None:
         """The inbound audio received since the last call, and the mixer it ducks."""
         pending = self._caller_audio
@@ -353,10 +351,10 @@ class CallSession:
             return None
         return OutFrame(conn, mixer, self._codec, finished)
 
-    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
-        """Send one encoded frame; False when the socket did not take it."""
+    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
+        """Send the frame's media message; False when the socket did not take it."""
         conn = frame.conn
-        if not conn.send(protocol.media_frame(payload)):
+        if not conn.send(message):
             self._dead_conn = conn
             if frame.finished:
                 # Their marks cannot reach Telnyx; detach() settles them once the socket is gone.

@@ -64,7 +64,7 @@ def test_a_block_of_calls_matches_each_call_mixed_alone() -> None:
             continue
         # Rows of calls with nothing to play are left out of the block, as the clock does.
         live = np.ascontiguousarray(rows[playing])
-        limited += sum(1 for i in playing if np.abs(live[playing.index(i)]).max() > batched[i]._limiter.threshold)
+        limited += sum(1 for i in playing if np.abs(live[playing.index(i)]).max() > batched[i].limiter.threshold)
         pcm = finish_frames(live, [batched[i] for i in playing])
         data = codec.encode(pcm)
         for j, i in enumerate(playing):

@@ -12,6 +12,7 @@ from mixer.geometry import FrameGeometry
 from mixer.mixer import Mixer
 from streams.clock import MediaClock
 from streams.framer import Framer, OutFrame
+from streams.protocol import media_frame
 
 LOUD, QUIET = 12000, 3
 
@@ -50,13 +51,13 @@ class Call:
         finished = self.mixer.mix_into(out)
         return None if finished is None else OutFrame(None, self.mixer, self.codec, finished)  # type: ignore[arg-type]
 
-    def end_frame(self, frame: OutFrame, payload: bytes) -> bool:
-        self.sent.append(payload)
+    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
+        self.sent.append(message)
         return True
 
     def expected(self) -> bytes | None:
         frame = self.twin.mix()
-        return None if frame is None else self.codec.encode(frame.pcm)
+        return None if frame is None else media_frame(self.codec.encode(frame.pcm)).encode()
 
 
 def test_every_call_gets_its_own_bytes_whatever_shares_the_tick() -> None:
@@ -71,6 +72,16 @@ def test_every_call_gets_its_own_bytes_whatever_shares_the_tick() -> None:
         for call in sent:
             assert call.sent[-1] == call.expected(), (tick, call.call_control_id)
     assert not calls[1].sent and not calls[3].sent
+
+
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU", 8000), ("PCMA", 8000), ("L16", 8000), ("L16", 16000)])
+def test_calls_on_one_codec_are_encoded_and_wrapped_together_bit_exact(codec: str, rate: int) -> None:
+    calls = [Call(f"{codec}-{i}", codec, rate, seed=i) for i in range(3)]
+    framer = Framer()
+    for tick in range(30):
+        framer.produce(calls)
+        for call in calls:
+            assert call.sent[-1] == call.expected(), (tick, call.call_control_id)
 
 
 def test_caller_levels_reach_each_calls_ducking_in_one_pass() -> None:

@@ -3,6 +3,7 @@
 import base64
 import json
 
+import numpy as np
 import pytest
 
 from streams import protocol
@@ -91,6 +92,13 @@ def test_media_frames_parse_alike_on_either_path(text):
 def test_unreadable_chunk_numbers_are_dropped_not_fatal(chunk):
     text = json.dumps({"event": "media", "media": {"chunk": chunk, "payload": "/w=="}})
     assert protocol.parse_frame(text) == protocol.Media(b"\xff", "inbound", None, None)
+
+
+@pytest.mark.parametrize("size", [*range(0, 8), 160, 320, 640])
+@pytest.mark.parametrize("count", [0, 1, 7])
+def test_media_messages_are_media_frames_built_together(size, count):
+    frames = np.random.default_rng(size).integers(0, 256, (count, size), dtype=np.uint8)
+    assert protocol.media_messages(frames) == [protocol.media_frame(row.tobytes()).encode() for row in frames]
 
 
 def test_track_suffix_is_tolerated():
