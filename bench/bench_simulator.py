@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import importlib.util
 import json
 import os
@@ -43,7 +42,7 @@ from bench.serving import ServerProcess, answer_cpu_requests  # noqa: E402
 FRAME_S = 0.020
 WARMUP_S = 1.0
 CONNECT_TIMEOUT_S = 30.0
-REPLY_PAYLOAD = base64.b64encode(bytes(range(0x60, 0x60 + 160))).decode()  # 20 ms of PCMU
+REPLY_AUDIO = bytes(range(0x60, 0x60 + 160))  # 20 ms of PCMU
 
 
 # -- the app (subprocess) --------------------------------------------------------------------
@@ -51,9 +50,10 @@ REPLY_PAYLOAD = base64.b64encode(bytes(range(0x60, 0x60 + 160))).decode()  # 20 
 
 def serve() -> None:
     from streams.mediaplane import Connection, FrontDoor
+    from streams.protocol import media_frame
 
     class Answer:
-        """Replies to each caller frame with one app frame; learns the stream_id from `start`."""
+        """Replies to each caller frame with one app frame, once the stream has started."""
 
         def __init__(self) -> None:
             self.reply = ""
@@ -67,8 +67,7 @@ def serve() -> None:
                 return
             frame = json.loads(data)
             if frame.get("event") == "start":
-                self.reply = json.dumps({"event": "media", "stream_id": frame["stream_id"],
-                                         "media": {"payload": REPLY_PAYLOAD}}, separators=(",", ":"))
+                self.reply = media_frame(REPLY_AUDIO)  # what the app sends, byte for byte
 
         def on_close(self, conn: Connection, code: int | None) -> None:
             pass
