@@ -307,8 +307,20 @@ class Mixer:
 
         Returns the tracks that ended in this frame, or None when nothing plays (then `acc` is
         untouched and no time passes for the sources). Callers that mix many calls per tick
-        finish the frames together (mixer.batch); others call mix().
+        finish the frames together (mixer.batch, via mix_unscaled_into); others call mix().
         """
+        mixed = self.mix_unscaled_into(acc)
+        if mixed is None:
+            return None
+        finished, gain = mixed
+        if gain != 1.0:
+            np.multiply(acc, np.float32(gain), out=acc)
+        return finished
+
+    def mix_unscaled_into(self, acc: np.ndarray) -> tuple[tuple[str, ...], float] | None:
+        """mix_into, except that a lone track at a constant gain is left unscaled: `acc` holds
+        its samples and the gain comes back, for the caller to multiply by in float32 (the
+        media clock does it for every call of a tick at once). Otherwise the gain is 1.0."""
         n = self._n
         tmp, steps = self._tmp, self._steps
         with self._lock:
@@ -318,6 +330,8 @@ class Mixer:
                 return None
             duck_gain = self._duck.advance(n, self._detector.speaking)
             finished: list[str] = []
+            later = 1.0  # the gain left to the caller
+            alone = len(self._tracks) == 1
             first = True  # the first track is written into acc, the others added to it
             for key, track in self._tracks.items():
                 seg = track.read(n)
@@ -331,8 +345,9 @@ class Mixer:
                     if first:
                         # acc = seg * gain equals 0 + seg * gain up to the sign of zero, which
                         # the int16 conversion erases: the output stays bit-exact.
-                        if isinstance(gain, float) and gain == 1.0:
+                        if isinstance(gain, float) and (gain == 1.0 or alone):
                             np.copyto(acc, seg)
+                            later = gain
                         else:
                             np.multiply(seg, np.float32(gain) if isinstance(gain, float) else gain, out=acc)
                         first = False
@@ -345,13 +360,13 @@ class Mixer:
                 if track.ended or m < n:
                     finished.append(key)
             if not finished:
-                return ()
+                return (), later
             for key in finished:
                 self._finished_played[key] = self._tracks.pop(key).pos
             while len(self._finished_played) > _FINISHED_MEMORY:
                 self._finished_played.popitem(last=False)
         logger.debug("tracks ended: %s", ", ".join(finished))
-        return tuple(finished)
+        return tuple(finished), later
 
     def limit(self, acc: np.ndarray, peak: float | None = None) -> None:
         """The limiter, in place, on a frame from mix_into; `peak` (max |acc|) if already known."""

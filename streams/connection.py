@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from simple_websocket import ConnectionClosed
@@ -41,9 +42,8 @@ class PlaneSender:
     def __init__(self, conn: mediaplane.Connection) -> None:
         self._conn = conn
         self.label = "-"
-
-    def send(self, text: str | bytes) -> bool:
-        return self._conn.send_text(text)
+        # The connection's own method: one call less per frame, hundreds of thousands a minute.
+        self.send: Callable[[str | bytes], bool] = conn.send_text
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         self._conn.close(code, reason)

@@ -4,8 +4,9 @@ Per call, the work of a tick is a few numpy operations on 160 samples, where num
 cost per operation dominates. So the framer batches across calls (see mixer.batch):
 - inbound: the caller audio each call received since the last tick is decoded and measured in
   one pass per codec, then fed to each call's ducking detector;
-- outbound: each call mixes into one row of a block; the block is limited, converted and
-  encoded and wrapped in their media messages together, and each call sends its own.
+- outbound: each call mixes into one row of a block; the block is scaled (a lone source's
+  gain), limited, converted, encoded and wrapped in media messages together, and each call
+  sends its own.
 Only the mixing itself, and the send, stay per call.
 """
 
@@ -35,6 +36,7 @@ class OutFrame(NamedTuple):
     mixer: Mixer
     codec: Codec
     finished: tuple[str, ...]
+    gain: float  # still to apply to the mixed row (Mixer.mix_unscaled_into)
 
 
 class Framed(Protocol):
@@ -50,7 +52,8 @@ class Framed(Protocol):
         samples, never empty), and the mixer whose ducking it drives."""
 
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
-        """Mix the next frame into `out`; None when the call has nothing to send."""
+        """Mix the next frame into `out`, but for the OutFrame's gain; None when the call has
+        nothing to send."""
 
     def end_frame(self, frame: OutFrame, message: bytes) -> bool:
         """Send the frame's media message (protocol.media_frame of its encoded bytes, as UTF-8);
@@ -121,6 +124,7 @@ class Framer:
 
     @staticmethod
     def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
+        rows *= np.array([frame.gain for _, frame in mixed], dtype=np.float32)[:, None]
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed])
         codec = mixed[0][1].codec
         if all(frame.codec is codec for _, frame in mixed):

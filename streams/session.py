@@ -338,18 +338,19 @@ class CallSession:
         return self.mixer, chunks
 
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
-        """Mix the next frame into float32 `out`; None when there is nothing to play or nobody
-        to hear it. The clock finishes and encodes it (streams.framer), then calls end_frame."""
+        """Mix the next frame into float32 `out` (but for the returned gain); None when there is
+        nothing to play or nobody to hear it. The clock scales, finishes and encodes it
+        (streams.framer), then calls end_frame."""
         conn = self._conn
         if conn is None or conn is self._dead_conn:
             return None  # don't use up the injections' audio on a socket that takes nothing
         mixer = self.mixer
         if len(out) != mixer.geometry.samples_per_frame:
             return None  # the stream's sample rate changed since the clock looked
-        finished = mixer.mix_into(out)
-        if finished is None:
+        mixed = mixer.mix_unscaled_into(out)
+        if mixed is None:
             return None
-        return OutFrame(conn, mixer, self._codec, finished)
+        return OutFrame(conn, mixer, self._codec, *mixed)
 
     def end_frame(self, frame: OutFrame, message: bytes) -> bool:
         """Send the frame's media message; False when the socket did not take it."""

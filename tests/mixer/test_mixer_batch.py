@@ -88,3 +88,20 @@ def test_levels_of_many_chunks_are_each_chunks_rms() -> None:
     assert levels[-1] == float("-inf")
     full = np.full(160, 32767, dtype=np.int16)
     assert abs(rms_dbfs(full)) < 0.001  # a full-scale square wave is 0 dBFS
+
+
+def test_a_lone_steady_track_leaves_its_gain_to_the_caller_and_others_do_not():
+    music = (np.random.default_rng(3).uniform(-0.5, 0.5, 4000)).astype(np.float32)
+    deferred, reference = Mixer(G), Mixer(G)
+    for mixer in (deferred, reference):
+        mixer.add("music", music, gain_db=-6.0, loop=True)
+    row = np.empty(N, dtype=np.float32)
+    finished, gain = deferred.mix_unscaled_into(row)
+    assert finished == () and gain == pytest.approx(10 ** (-6 / 20))
+    assert np.array_equal(row, music[:N])  # unscaled
+    alone = np.empty(N, dtype=np.float32)
+    reference.mix_into(alone)
+    assert np.array_equal(row * np.float32(gain), alone)
+    deferred.add("beep", music[:N] * 2)  # two tracks: the mixer applies every gain itself
+    finished, gain = deferred.mix_unscaled_into(row)
+    assert finished == ("beep",) and gain == 1.0

@@ -48,8 +48,8 @@ class Call:
     def begin_frame(self, out: np.ndarray) -> OutFrame | None:
         if self.broken:
             raise RuntimeError("broken call")
-        finished = self.mixer.mix_into(out)
-        return None if finished is None else OutFrame(None, self.mixer, self.codec, finished)  # type: ignore[arg-type]
+        mixed = self.mixer.mix_unscaled_into(out)
+        return None if mixed is None else OutFrame(None, self.mixer, self.codec, *mixed)  # type: ignore[arg-type]
 
     def end_frame(self, frame: OutFrame, message: bytes) -> bool:
         self.sent.append(message)
