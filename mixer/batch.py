@@ -2,10 +2,10 @@
 
 On a 160-sample frame, numpy's fixed cost per operation (about a microsecond) is most of the
 work, and a call's frame takes a dozen operations. A media clock that serves hundreds of calls
-therefore has each call mix into one row of a block (Mixer.mix_into) and finishes the block at
-once: one peak per row for the limiters (which act only on rows that need them), one int16
-conversion, one table lookup per codec. Row by row, the result is exactly what Mixer.mix and
-Codec.encode give for that call alone.
+therefore has each call mix into one row of a block (Mixer.mix_unscaled_into, then the block
+times its column of gains) and finishes the block at once: one peak per row for the limiters
+(which act only on rows that need them), one int16 conversion, one table lookup per codec. Row
+by row, the result is exactly what Mixer.mix and Codec.encode give for that call alone.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ class FrameBlock:
 
 
 def finish_frames(block: np.ndarray, mixers: Sequence[Mixer]) -> np.ndarray:
-    """Limit row i with mixers[i]'s limiter, in place, and return the block as int16."""
+    """Limit row i with mixers[i]'s limiter, in place, and return the block as int16. Rows are
+    mixed frames as Mixer.mix_into leaves them (from mix_unscaled_into: scaled by their gain)."""
     peaks = np.abs(block).max(axis=1).tolist()
     for i, (mixer, peak) in enumerate(zip(mixers, peaks, strict=True)):
-        if peak > mixer.limiter.passes_below:  # else the limiter would leave the row as it is
+        # Else the limiter would leave the row as it is. `not <=`: a NaN peak is processed, as by mix().
+        if not peak <= mixer.limiter.passes_below:
             mixer.limit(block[i], peak)
     return float_to_pcm16(block)

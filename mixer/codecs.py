@@ -11,7 +11,7 @@ a 256-entry int16 table with the payload bytes. Both are a single numpy gather.
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -195,13 +195,25 @@ _G711_RATES = (8000,)
 _L16_RATES = (8000, 16000)
 
 
-@functools.lru_cache(maxsize=64)
-def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Codec:
-    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive).
+# One instance per format, so calls on the same format share it and the media clock encodes
+# them together (it compares codecs by identity). At most six supported formats.
+_CODECS: dict[tuple[str, int, str], Codec] = {}
+_CODECS_LOCK = threading.Lock()
 
-    One instance per format, so calls on the same format share it (the media clock encodes
-    those together)."""
+
+def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Codec:
+    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive)."""
     name = encoding.strip().upper()
+    key = (name, sample_rate, l16_byteorder if name == "L16" else "")
+    codec = _CODECS.get(key)
+    if codec is None:
+        codec = _make_codec(name, sample_rate, l16_byteorder, encoding)
+        with _CODECS_LOCK:
+            codec = _CODECS.setdefault(key, codec)
+    return codec
+
+
+def _make_codec(name: str, sample_rate: int, l16_byteorder: str, encoding: str) -> Codec:
     if name in ("PCMU", "PCMA"):
         if sample_rate not in _G711_RATES:
             raise UnsupportedCodec(f"{name} runs at 8000 Hz only, not {sample_rate} Hz; "

@@ -16,7 +16,7 @@ import numpy as np
 
 
 class Limiter:
-    """Per-stream limiter state. Not thread-safe: the Mixer's lock guards it."""
+    """Per-stream limiter state. Not thread-safe: it belongs to the mixing thread."""
 
     def __init__(self, threshold_dbfs: float, sample_rate: int, *, release_db_per_second: float = 40.0) -> None:
         if threshold_dbfs > 0:

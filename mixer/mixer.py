@@ -1,10 +1,10 @@
 """The mixer of one call: any number of sources summed into one frame at a time.
 
 Threads: REST threads call add / set_gain / stop / stop_all, the socket or clock thread feeds
-caller levels, and one mixing thread (the media clock) calls mix, or mix_into and limit (50 times
-a second). One lock, `_lock`, guards the track table, the finished-track bookkeeping, the speech
-detector and the duck envelope; it is held for one frame's arithmetic only (microseconds). The
-limiter belongs to the mixing thread alone.
+caller levels, and one mixing thread (the media clock) calls mix, or mix_into (or
+mix_unscaled_into) and limit (50 times a second). One lock, `_lock`, guards the track table,
+the finished-track bookkeeping, the speech detector and the duck envelope; it is held for one
+frame's arithmetic only (microseconds). The limiter belongs to the mixing thread alone.
 
 Click-freedom: every gain change is a ramp (set_gain over GAIN_RAMP_MS, stop over the track's
 fade-out or STOP_FADE_MS, ducking over attack/release), and a looping source crossfades its end
@@ -369,5 +369,5 @@ class Mixer:
         return tuple(finished), later
 
     def limit(self, acc: np.ndarray, peak: float | None = None) -> None:
-        """The limiter, in place, on a frame from mix_into; `peak` (max |acc|) if already known."""
+        """The limiter, in place, on a frame as mix_into leaves it; `peak` (max |acc|) if known."""
         self.limiter.process(acc, peak)

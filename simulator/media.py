@@ -365,7 +365,7 @@ class StreamState:
 _ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, dict[int, str]]]] = (
     weakref.WeakKeyDictionary())
 _ENCODED_LOCK = threading.Lock()
-_MAX_CACHED_FRAMES = 4096  # per clip and format: ~1 MB of base64
+_MAX_CACHED_FRAMES = 4096  # per clip and format: ~1 MB of base64 for G.711, ~3.5 MB for 16 kHz L16
 
 
 def encoded_caller_audio(audio: CallerAudio, encoding: str, rate: int,

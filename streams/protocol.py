@@ -91,13 +91,14 @@ DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 MAX_CHUNK_DIGITS = 18  # longer "chunk" strings are not read (int() refuses over 4300 digits)
 
 
-# A media frame exactly as Telnyx writes it (PROTOCOL.md, "media"), 50 a second per call. A full
-# match is that one JSON object and nothing else: no whitespace, escapes or repeated keys, every
-# string free of the characters JSON would reject, so json.loads would read the same fields. It
-# skips building two dicts per frame; any other spelling takes the general path below.
+# A media frame exactly as Telnyx writes it (the example in its media streaming guide), 50 a
+# second per call. A full match is that one JSON object and nothing else: no whitespace, escapes
+# or repeated keys, every string free of the characters JSON would reject, so json.loads would
+# read the same fields. It skips building two dicts per frame; any other spelling takes the
+# general path below.
 _EXACT_MEDIA = re.compile(
     r'\{"event":"media","sequence_number":"\d+","media":\{"track":"(inbound|outbound)(?:_track)?",'
-    r'"chunk":"(\d{1,18})","timestamp":"\d+","payload":"([A-Za-z0-9+/=]*)"\},'
+    r'"chunk":"(\d{1,' + str(MAX_CHUNK_DIGITS) + r'})","timestamp":"\d+","payload":"([A-Za-z0-9+/=]*)"\},'
     r'"stream_id":"([^"\\\x00-\x1f]*)"\}', re.ASCII)
 
 

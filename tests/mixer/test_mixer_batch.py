@@ -105,3 +105,18 @@ def test_a_lone_steady_track_leaves_its_gain_to_the_caller_and_others_do_not():
     deferred.add("beep", music[:N] * 2)  # two tracks: the mixer applies every gain itself
     finished, gain = deferred.mix_unscaled_into(row)
     assert finished == ("beep",) and gain == 1.0
+
+
+def test_a_frame_with_a_nan_is_limited_as_mix_would():
+    # Decoded sources never hold NaN (sources.decode_audio zeroes them); Mixer.add takes any array.
+    samples = np.full(4 * N, 0.25, dtype=np.float32)
+    samples[5] = np.nan
+    batched, reference = Mixer(G), Mixer(G)
+    for mixer in (batched, reference):
+        mixer.add("odd", samples)
+    block = FrameBlock(N)
+    with np.errstate(invalid="ignore"):
+        for _ in range(3):
+            rows = block.rows(1)
+            batched.mix_into(rows[0])
+            assert np.array_equal(finish_frames(rows, [batched])[0], reference.mix().pcm)

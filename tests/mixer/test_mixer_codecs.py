@@ -117,6 +117,14 @@ def test_unsupported_codecs(encoding, rate, order, message):
     assert info.value.code == "unsupported_codec"
 
 
+def test_one_codec_instance_per_format_however_it_is_spelled():
+    # The media clock encodes calls together when they share a codec object.
+    assert get_codec("PCMU", 8000) is get_codec(" pcmu ", 8000, "little") is get_codec("Pcmu", 8000, "big")
+    assert get_codec("L16", 16000) is get_codec("l16", 16000, "big")
+    assert get_codec("L16", 16000, "little") is not get_codec("L16", 16000, "big")
+    assert get_codec("PCMA", 8000) is not get_codec("PCMU", 8000)
+
+
 def test_float_to_pcm16_rounds_half_to_even_and_clips():
     x = np.array([0.5 / 32768, 1.5 / 32768, -0.5 / 32768, 1.0, -1.0, 2.0, -2.0, 32767 / 32768],
                  dtype=np.float32)

@@ -56,6 +56,8 @@ def _general(text):
         return protocol._parse_media(json.loads(text))
     except protocol.ProtocolError as exc:
         return str(exc)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
 
 
 def _either(text):
@@ -79,7 +81,10 @@ EXACT = ('{"event":"media","sequence_number":"4","media":{"track":"inbound","chu
     EXACT % ("@@@", "s1"),                                      # the fast path's shape, bad base64
     EXACT % ("/w=", "s1"),
     EXACT.replace('"inbound"', '"outbound_track"') % (PAYLOAD, "s1"),
+    EXACT.replace('"2"', '"' + "9" * 18 + '"') % (PAYLOAD, "s1"),  # the longest chunk number read
     EXACT.replace('"2"', '"' + "9" * 19 + '"') % (PAYLOAD, "s1"),
+    EXACT % (PAYLOAD, "a\x01b"),                                # a control character: not JSON
+    EXACT % (PAYLOAD, r"\ud800"),                               # a lone surrogate, escaped
     EXACT.replace('"2"', '"٣"') % (PAYLOAD, "s1"),                # a digit, but not an ASCII one
     EXACT.replace(",", ", ") % (PAYLOAD, "s1"),
     EXACT.replace('"stream_id":"%s"}', '"stream_id":"%s","stream_id":"other"}') % (PAYLOAD, "s1"),

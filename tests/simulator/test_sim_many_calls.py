@@ -9,6 +9,7 @@ import telnyx
 from websockets.sync.server import ServerConnection, serve
 
 from simulator import CallerAudio, FakeTelnyx
+from simulator.media import PHASES, MediaEngine
 from tests.simulator.conftest import WebhookReceiver, rtp_params, wait_until
 
 CALLS = 24
@@ -59,3 +60,20 @@ def test_calls_end_at_the_time_limit(receiver):
         call.wait_state("ended")
         hangup = receiver.wait_for("call.hangup")[0]["data"]["payload"]
         assert hangup["hangup_cause"] == "time_limit"
+
+
+def test_streams_are_ticked_at_their_own_offset_until_they_leave():
+    class Stream:
+        phase = -1
+
+    engine = MediaEngine()
+    streams = [Stream() for _ in range(2 * PHASES + 1)]
+    for stream in streams:
+        engine.join(stream)  # type: ignore[arg-type]
+    assert {s.phase for s in streams} == set(range(PHASES))
+    for stream in streams[::3]:
+        engine.leave(stream)  # type: ignore[arg-type]
+        engine.leave(stream)  # type: ignore[arg-type]  # twice: a close after a failed send
+    kept = set(streams) - set(streams[::3])
+    assert engine.active == kept
+    assert [set(due) for due in engine._phases] == [{s for s in kept if s.phase == p} for p in range(PHASES)]
