@@ -309,18 +309,16 @@ class Mixer:
         untouched and no time passes for the sources). Callers that mix many calls per tick
         finish the frames together (mixer.batch, via mix_unscaled_into); others call mix().
         """
-        mixed = self.mix_unscaled_into(acc)
-        if mixed is None:
-            return None
-        finished, gain = mixed
-        if gain != 1.0:
-            np.multiply(acc, np.float32(gain), out=acc)
-        return finished
+        mixed = self._mix(acc, defer_gain=False)
+        return None if mixed is None else mixed[0]
 
     def mix_unscaled_into(self, acc: np.ndarray) -> tuple[tuple[str, ...], float] | None:
         """mix_into, except that a lone track at a constant gain is left unscaled: `acc` holds
         its samples and the gain comes back, for the caller to multiply by in float32 (the
         media clock does it for every call of a tick at once). Otherwise the gain is 1.0."""
+        return self._mix(acc, defer_gain=True)
+
+    def _mix(self, acc: np.ndarray, *, defer_gain: bool) -> tuple[tuple[str, ...], float] | None:
         n = self._n
         tmp, steps = self._tmp, self._steps
         with self._lock:
@@ -331,7 +329,7 @@ class Mixer:
             duck_gain = self._duck.advance(n, self._detector.speaking)
             finished: list[str] = []
             later = 1.0  # the gain left to the caller
-            alone = len(self._tracks) == 1
+            alone = defer_gain and len(self._tracks) == 1
             first = True  # the first track is written into acc, the others added to it
             for key, track in self._tracks.items():
                 seg = track.read(n)
