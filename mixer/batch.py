@@ -39,5 +39,5 @@ def finish_frames(block: np.ndarray, mixers: Sequence[Mixer]) -> np.ndarray:
     for i, (mixer, peak) in enumerate(zip(mixers, peaks, strict=True)):
         # Else the limiter would leave the row as it is. `not <=`: a NaN peak is processed, as by mix().
         if not peak <= mixer.limiter.passes_below:
-            mixer.limit(block[i], peak)
+            mixer.limiter.process(block[i], peak)
     return float_to_pcm16(block)

@@ -11,7 +11,6 @@ a 256-entry int16 table with the payload bytes. Both are a single numpy gather.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -198,7 +197,6 @@ _L16_RATES = (8000, 16000)
 # One instance per format, so calls on the same format share it and the media clock encodes
 # them together (it compares codecs by identity). At most six supported formats.
 _CODECS: dict[tuple[str, int, str], Codec] = {}
-_CODECS_LOCK = threading.Lock()
 
 
 def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Codec:
@@ -207,9 +205,8 @@ def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Co
     key = (name, sample_rate, l16_byteorder if name == "L16" else "")
     codec = _CODECS.get(key)
     if codec is None:
-        codec = _make_codec(name, sample_rate, l16_byteorder, encoding)
-        with _CODECS_LOCK:
-            codec = _CODECS.setdefault(key, codec)
+        # setdefault is atomic: threads that raced here all get the first instance stored.
+        codec = _CODECS.setdefault(key, _make_codec(name, sample_rate, l16_byteorder, encoding))
     return codec
 
 

@@ -27,7 +27,8 @@ class Limiter:
         self.gain_db = 0.0  # current gain reduction (<= 0)
         # A frame whose peak is at most this passes untouched: the threshold at rest, -1 while
         # the gain recovers. Lets a caller with many frames skip the call for most of them.
-        self.passes_below = float(self.threshold)
+        self.passes_below = 0.0
+        self.reset()
 
     def reset(self) -> None:
         """Back to rest: the next sound starts without leftover gain reduction."""

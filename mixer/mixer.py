@@ -2,7 +2,7 @@
 
 Threads: REST threads call add / set_gain / stop / stop_all, the socket or clock thread feeds
 caller levels, and one mixing thread (the media clock) calls mix, or mix_into (or
-mix_unscaled_into) and limit (50 times a second). One lock, `_lock`, guards the track table,
+mix_unscaled_into) and then the limiter (50 times a second). One lock, `_lock`, guards the track table,
 the finished-track bookkeeping, the speech detector and the duck envelope; it is held for one
 frame's arithmetic only (microseconds). The limiter belongs to the mixing thread alone.
 
@@ -299,7 +299,7 @@ class Mixer:
         finished = self.mix_into(acc)
         if finished is None:
             return None
-        self.limit(acc)
+        self.limiter.process(acc)
         return MixedFrame(float_to_pcm16(acc), finished)
 
     def mix_into(self, acc: np.ndarray) -> tuple[str, ...] | None:
@@ -365,7 +365,3 @@ class Mixer:
                 self._finished_played.popitem(last=False)
         logger.debug("tracks ended: %s", ", ".join(finished))
         return tuple(finished), later
-
-    def limit(self, acc: np.ndarray, peak: float | None = None) -> None:
-        """The limiter, in place, on a frame as mix_into leaves it; `peak` (max |acc|) if known."""
-        self.limiter.process(acc, peak)

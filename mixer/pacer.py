@@ -10,8 +10,9 @@ missed slots are counted as skipped and a new run starts now. The missed frames 
 to catch up (the sources just resume), so a stall never turns into a burst that would pile
 latency onto the call; only the lead is rebuilt.
 
-Idle: when produce() returns False (nothing plays, or no socket), the pacer waits on `wake`
-without sending anything, and restarts its clock when woken.
+Idle: when produce() returns False (nothing plays, or no socket), the run is over: run_pacer
+waits on `wake` without sending anything and restarts the clock when woken (an event loop
+driving a Pacer itself does the same with restart()).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ IDLE_POLL_SECONDS = 1.0  # an idle pacer rechecks `stop` this often even if nobo
 
 @dataclass
 class PacerStats:
-    """Counters of one pacer. Written by the pacer thread only; other threads read them."""
+    """Counters of one pacer. Written by the thread that fires it only; other threads read them."""
 
     sent: int = 0            # frames produce() sent
     late: int = 0            # frames sent more than `late_after` past their deadline
@@ -53,8 +54,7 @@ def run_pacer(produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 
     """Call produce() once per frame until `stop` is set; return the stats.
 
     `produce` sends one frame and returns True, or returns False when there is nothing to send.
-    Run it in a thread the caller names (the call id belongs in the name). `late_after` defaults to
-    a quarter frame.
+    Runs on the calling thread. `late_after` defaults to a quarter frame.
     """
     pacer = Pacer(produce, frame_seconds=frame_seconds, lead_seconds=lead_seconds, stats=stats,
                   late_after=late_after)
