@@ -94,22 +94,10 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
 # The media frame most apps send, in its shortest spelling. A full match is that JSON object and
 # nothing else (no whitespace, escapes or repeated keys, no character JSON would reject), so it
 # means what json.loads would read; anything else is parsed as JSON.
 _EXACT_APP_MEDIA = re.compile(r'\{"event":"media","media":\{"payload":"([^"\\\x00-\x1f]*)"\}\}')
-
-
-def _loads(text: str) -> Any:
-    """json.loads(text), minus its two whitespace regexes and three calls for the usual frame."""
-    try:
-        value, end = _scan_json(text, 0)
-    except StopIteration:  # leading whitespace, or not JSON: json.loads decides, with its message
-        return json.loads(text)
-    return value if end == len(text) else json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -227,8 +215,7 @@ class Recorder:
         self.play_end = 0  # samples: where queued audio ends
         self._segments: list[tuple[int, Int16Array]] = []  # (start sample, pcm), playout order
         # Audible chunks still as the app sent them: (start sample, payload, encoding, L16 byte order).
-        # They are decoded in one batch when the timeline is read, not one 20 ms frame at a time on
-        # the media loop.
+        # They are decoded together when the timeline is next read, not each on arrival.
         self._undecoded: list[tuple[int, bytes, str, str]] = []
         self.cut: int | None = None  # samples: playout ended here (hangup)
 
@@ -361,7 +348,8 @@ class StreamState:
 
 
 # Encoded caller audio is shared by every call using the same CallerAudio instance, with the
-# base64 of the frames a looping one has sent so far (by byte offset), as a loop repeats them.
+# base64 of the frames sent so far (by byte offset): every call, and every pass of a loop,
+# sends the same ones.
 _ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, dict[int, str]]]] = (
     weakref.WeakKeyDictionary())
 _ENCODED_LOCK = threading.Lock()
@@ -595,21 +583,18 @@ class MediaStream:
             return self._silence_b64
         if self._caller_loop:
             pos %= len(data)
-            cached = self._caller_b64.get(pos)
-            if cached is not None:
-                return cached
-            piece = data[pos:pos + size]
-            if len(piece) < size:
-                piece += data[: size - len(piece)] if len(data) >= size - len(piece) else \
-                    g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
-            text = base64.b64encode(piece).decode()
-            if len(self._caller_b64) < _MAX_CACHED_FRAMES:
-                self._caller_b64[pos] = text
-            return text
+        cached = self._caller_b64.get(pos)
+        if cached is not None:
+            return cached
         piece = data[pos:pos + size]
-        if len(piece) < size:
-            piece += g711.silence_payload(self.params.media_encoding, (size - len(piece)) // bps)
-        return base64.b64encode(piece).decode()
+        missing = size - len(piece)
+        if missing:
+            piece += data[:missing] if self._caller_loop and len(data) >= missing else \
+                g711.silence_payload(self.params.media_encoding, missing // bps)
+        text = base64.b64encode(piece).decode()
+        if len(self._caller_b64) < _MAX_CACHED_FRAMES:
+            self._caller_b64[pos] = text
+        return text
 
     def _heard_frame(self, now: float) -> str:
         rec = self.state.recorder
@@ -641,7 +626,7 @@ class MediaStream:
             self._media(exact.group(1))
             return
         try:
-            frame = _loads(message)
+            frame = json.loads(message)
         except ValueError:
             self._error(100003, "Frame is not valid JSON.")
             return
@@ -755,8 +740,7 @@ class MediaEngine:
     def __init__(self, *, allow_non_loopback: bool = False, connect_timeout_s: float = 5.0) -> None:
         self.allow_non_loopback = allow_non_loopback
         self.connect_timeout_s = connect_timeout_s
-        self.active: set[MediaStream] = set()  # loop thread only
-        self._phases: list[dict[MediaStream, None]] = [{} for _ in range(PHASES)]  # active, by send offset
+        self._phases: list[dict[MediaStream, None]] = [{} for _ in range(PHASES)]  # by send offset
         self.ticks = 0  # frame periods
         self.late_ticks = 0  # frame periods that began more than one frame late (loop overloaded)
         self.resyncs = 0
@@ -819,15 +803,18 @@ class MediaEngine:
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, fn)
 
+    @property
+    def active(self) -> set[MediaStream]:
+        """The streams sending caller frames (loop thread only)."""
+        return set().union(*self._phases)
+
     def join(self, stream: MediaStream) -> None:
         """`stream` starts sending caller frames, at the next send offset round robin (loop thread)."""
         self._phases_given += 1
         stream.phase = self._phases_given % PHASES
-        self.active.add(stream)
         self._phases[stream.phase][stream] = None
 
     def leave(self, stream: MediaStream) -> None:
-        self.active.discard(stream)
         self._phases[stream.phase].pop(stream, None)
 
     async def _tick(self) -> None:

@@ -163,10 +163,6 @@ class WebSocketClient(asyncio.Protocol):
     # ---- public ----------------------------------------------------------------------------
 
     @property
-    def open(self) -> bool:
-        return self._state == _OPEN
-
-    @property
     def closed(self) -> bool:
         return self._state == _CLOSED
 

@@ -91,6 +91,16 @@ def test_a_looping_caller_clip_repeats_exactly_on_every_pass(fake, client, strea
     assert np.array_equal(sent[period:2 * period], sent[:period])
 
 
+def test_a_one_shot_caller_clip_is_followed_by_silence(fake, client, stream_server):
+    clip = np.random.default_rng(7).uniform(-0.5, 0.5, 8 * 50).astype(np.float32)  # 2.5 frames
+    call = start_call(fake, client, stream_server.url, caller=CallerAudio.from_pcm(clip, 8000))
+    stream_server.wait_frames("media", 6)
+    frames = [json.loads(m) for m in stream_server.raw("media")[:6]]
+    sent = b"".join(base64.b64decode(f["media"]["payload"]) for f in frames)
+    assert sent == g711.encode(call.caller_pcm()[:960], "PCMU")
+    assert sent[400:] == bytes([g711.ULAW_SILENCE]) * 560
+
+
 def test_l16_stream_reports_rate_and_sends_big_endian_samples(fake, client, stream_server):
     start_call(fake, client, stream_server.url, caller=CallerAudio.tone(500, -6),
                stream_bidirectional_codec="L16", stream_bidirectional_sampling_rate=16000)
