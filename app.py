@@ -94,7 +94,7 @@ def shutdown(app: Flask, door: MediaFrontDoor | None = None) -> None:
     rt.registry.shutdown()
     if door is not None:
         door.stop()
-    rt.commands.close()  # type: ignore[attr-defined]  # waits for the commands in flight (their rows)
+    rt.commands.close()  # waits for the commands in flight (their rows)
     rt.log.record("server.stopped", None)
     rt.log.flush()
     rt.log.close()

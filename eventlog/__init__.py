@@ -1,7 +1,8 @@
 """The durable event log: one SQLite file (WAL), one writer thread fed by a queue.
 
 Request threads and the media loop only append rows to a queue, so nothing blocks on disk; the
-writer commits them in batches every WRITE_INTERVAL_S (flush() waits for a commit).
+writer, when it finds the queue empty, looks again WRITE_INTERVAL_S later, and commits what it
+finds in batches (flush() wakes it and waits for the commit).
 Readers open their own short-lived connections; WAL lets them read while the writer writes.
 """
 
@@ -61,8 +62,8 @@ class EventLog:
         self.path = path
         self._batch = batch
         # Appended to by any thread without waking the writer: the media loop records events
-        # too, and a wake-up per record would hand the GIL to the writer each time. The writer
-        # drains it every WRITE_INTERVAL_S, or at once for flush() and close().
+        # too, and a wake-up per record would hand the GIL to the writer each time. An idle
+        # writer looks again every WRITE_INTERVAL_S, or at once for flush() and close().
         self._queue: deque[_Event | _CallUpsert | _Flush | None] = deque()
         self._wakeup = threading.Event()
         # Set by the writer thread when a write fails; read by /health. Plain attribute:

@@ -153,11 +153,10 @@ def delete_injection(key: str, inj_id: str) -> Response:
 @bp.post("/streams/<key>/clear")
 def clear(key: str) -> Response:
     session = _live_session(key)
-    delegated = any(inj.active and inj.mode == "playback" for inj in list(session.injections.values()))
     stopped = session.clear()
-    if delegated:  # Telnyx plays these itself: the media `clear` does not reach them
+    if any(inj.mode == "playback" for inj in stopped):  # Telnyx plays these itself: `clear` misses them
         runtime().stop_playback(session, everything=True)
-    return jsonify({"stopped": stopped})
+    return jsonify({"stopped": len(stopped)})
 
 
 @bp.get("/stream-log")

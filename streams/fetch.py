@@ -46,8 +46,7 @@ def fetch_audio(url: str, *, timeout_s: float, max_bytes: int, allow_private: bo
                 raise ApiError(502, "audio_url_timeout",
                                f"audio_url did not deliver within {timeout_s:g} s.", "audio_url") from None
             except httpx.InvalidURL:
-                raise ApiError(422, "invalid_field", "audio_url must be an http or https URL.",
-                               "audio_url") from None
+                raise _not_http_url() from None
             except httpx.HTTPError as exc:
                 raise ApiError(502, "audio_url_unreachable",
                                f"audio_url could not be fetched: {exc}.", "audio_url") from None
@@ -60,14 +59,18 @@ def _too_large(max_bytes: int) -> ApiError:
                     f"audio_url is larger than the limit of {max_bytes} bytes.", "audio_url")
 
 
+def _not_http_url() -> ApiError:
+    return ApiError(422, "invalid_field", "audio_url must be an http or https URL.", "audio_url")
+
+
 def _check_url(url: str, allow_private: bool) -> None:
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:  # a bad port or bracket: not a URL at all
-        parts, port = urlsplit(""), None
+        raise _not_http_url() from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(422, "invalid_field", "audio_url must be an http or https URL.", "audio_url")
+        raise _not_http_url()
     if allow_private:
         return
     try:

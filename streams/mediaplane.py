@@ -7,7 +7,7 @@ peeked at and handed, unconsumed, to werkzeug on a small thread pool (mediaplane
 
 Threads:
 - the loop thread reads, parses and dispatches frames, and calls Handler methods; they must
-  return quickly.
+  return quickly. Between socket events it also runs the Timer (the media clock) when due.
 - any thread may call Connection.send_text/close. A send frames the message and
   writes it straight to the non-blocking socket under the connection's lock; only what the
   kernel does not take is buffered, and only then is the loop woken to watch for writability.

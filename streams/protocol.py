@@ -189,11 +189,10 @@ def _parse_media(msg: dict[str, Any]) -> Media:
     if not isinstance(track, str):
         raise ProtocolError("media: 'media.track' must be a string")
     chunk = media.get("chunk")
-    stream_id = msg.get("stream_id")
     # A chunk number we cannot read is dropped, not an error: nothing here depends on it.
     number = int(chunk) if isinstance(chunk, str) and chunk.isascii() and chunk.isdigit() \
         and len(chunk) <= MAX_CHUNK_DIGITS else None
-    return Media(audio, track.removesuffix("_track"), number, stream_id if isinstance(stream_id, str) else None)
+    return Media(audio, track.removesuffix("_track"), number, _opt_str(msg, "stream_id"))
 
 
 def _decode_payload(payload: str) -> bytes:
@@ -259,38 +258,30 @@ def media_frame(payload: bytes) -> str:
 
 _MEDIA_HEAD = np.frombuffer(_MEDIA_PREFIX.encode(), dtype=np.uint8)
 _MEDIA_TAIL = np.frombuffer(_MEDIA_SUFFIX.encode(), dtype=np.uint8)
-_B64_ALPHABET = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
-_B64_PAD = ord("=")
 
 
 def media_messages(frames: np.ndarray) -> list[bytes]:
     """media_frame() of every row of `frames` (uint8, one encoded frame per row), UTF-8 encoded.
 
     The media clock sends hundreds of these per tick; built together they cost one base64 pass
-    and a few numpy operations instead of a base64 call and three string joins per call. Each
-    row's bytes but the last one or two (its length mod 3) are a whole number of base64 groups,
-    so one b2a_base64 of those columns, cut every 4/3 row, gives every row's base64 but its last
-    group, which is worked out here with its padding.
+    and a few numpy operations instead of a base64 call and three string joins per call. Rows
+    padded with zero bytes to a whole number of base64 groups encode in one b2a_base64, cut
+    every 4/3 row; a zero byte of padding encodes as what base64 writes before its `=`, so
+    overwriting one character per padding byte with `=` gives each row's own base64.
     """
     count, size = frames.shape
-    whole = size - size % 3
-    body = 4 * -(-size // 3)
-    start = len(_MEDIA_HEAD)
+    groups = -(-size // 3)
+    padded = np.zeros((count, 3 * groups), dtype=np.uint8)
+    padded[:, :size] = frames
+    start, body = len(_MEDIA_HEAD), 4 * groups
     width = start + body + len(_MEDIA_TAIL)
     out = np.empty((count, width), dtype=np.uint8)
     out[:, :start] = _MEDIA_HEAD
     out[:, start + body:] = _MEDIA_TAIL
-    if whole and count:
-        text = binascii.b2a_base64(np.ascontiguousarray(frames[:, :whole]).tobytes(), newline=False)
-        out[:, start:start + whole // 3 * 4] = np.frombuffer(text, dtype=np.uint8).reshape(count, -1)
-    if whole < size:
-        last = out[:, start + body - 4:start + body]
-        b0 = frames[:, whole]
-        b1 = frames[:, whole + 1] if size - whole == 2 else np.zeros_like(b0)
-        last[:, 0] = _B64_ALPHABET[b0 >> 2]
-        last[:, 1] = _B64_ALPHABET[((b0 & 3) << 4) | (b1 >> 4)]
-        last[:, 2] = _B64_ALPHABET[(b1 & 15) << 2] if size - whole == 2 else _B64_PAD
-        last[:, 3] = _B64_PAD
+    if count and size:
+        text = binascii.b2a_base64(padded.tobytes(), newline=False)
+        out[:, start:start + body] = np.frombuffer(text, dtype=np.uint8).reshape(count, body)
+        out[:, start + body - (3 * groups - size):start + body] = ord("=")
     data = out.tobytes()
     return [data[i:i + width] for i in range(0, len(data), width)]
 

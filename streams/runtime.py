@@ -22,6 +22,9 @@ class CommandSender(Protocol):
     def submit(self, action: str, call_control_id: str, *, command_id: str, on_done: Any = None,
                **params: Any) -> Any: ...
 
+    def close(self) -> None:
+        """Finish the commands in flight (queued ones are dropped) and release the client."""
+
 
 @dataclass
 class Runtime:

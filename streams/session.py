@@ -1,7 +1,8 @@
 """One call: its status, its mixer and injections, its media socket.
 
 Threads that touch a session: request threads (webhooks, REST), the socket's reader (inbound
-frames) and the process's media clock (outbound frames: begin_frame, end_frame). `_lock` guards the
+frames) and the thread that ticks the process's media clock (outbound frames: begin_frame,
+end_frame); under `python app.py` the last two are the media plane's loop thread. `_lock` guards the
 session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
 The clock never touches the database or Flask: it only puts events on the event log's queue.
 """
@@ -273,8 +274,9 @@ class CallSession:
             self.mixer.stop(inj.id)
         self.save()
 
-    def clear(self) -> int:
-        """Stop every injection and flush what Telnyx has queued; returned marks mean stopped."""
+    def clear(self) -> list[Injection]:
+        """Stop every injection and flush what Telnyx has queued; returned marks mean stopped.
+        Returns the injections it stopped."""
         with self._lock:
             stopped = [inj for inj in self.injections.values() if inj.active]
             for inj in stopped:
@@ -287,7 +289,7 @@ class CallSession:
             conn.send(protocol.clear_frame())
         self._log.record("stream.cleared", self.call_control_id, stopped=len(stopped))
         self.save()
-        return len(stopped)
+        return stopped
 
     def playback_result(self, inj: Injection, ok: bool, error: str | None) -> None:
         """Outcome of a delegated Telnyx playback_start (mode "playback")."""

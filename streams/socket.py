@@ -3,7 +3,8 @@
 StreamHandler is the socket's application side, fed one message at a time whatever the
 transport: the media plane's loop thread (what `python app.py` serves, see plane_acceptor), or a
 flask-sock handler thread (handle_stream, for running the WSGI app under another server). The
-media clock's thread writes our frames through the same Sender. Malformed frames are counted and
+media clock (on that same loop thread under `python app.py`) writes our frames through the same
+Sender. Malformed frames are counted and
 logged, never fatal.
 """
 
