@@ -50,7 +50,6 @@ import platform
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,7 +69,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator import CallerAudio, FakeTelnyx, SimCall  # noqa: E402
+from simulator import CallerAudio, FakeTelnyx, SimCall, g711  # noqa: E402
+from simulator.cli import free_port  # noqa: E402
 
 API_KEY = "KEY_BENCH"
 RATE = 8000
@@ -146,15 +146,7 @@ def music_wav(seconds: float = 4.0) -> bytes:
     return buf.getvalue()
 
 
-def _ulaw_table() -> Float:
-    # G.711 mu-law expansion (the standard bias-132 formula) for all 256 codes, scaled to [-1, 1).
-    codes = np.arange(256, dtype=np.int64) ^ 0xFF
-    sign, exponent, mantissa = codes & 0x80, (codes >> 4) & 0x07, codes & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(sign != 0, -magnitude, magnitude).astype(np.float64) / 32768.0
-
-
-ULAW = _ulaw_table()
+ULAW = g711.decode(bytes(range(256)), "PCMU") / 32768.0  # every mu-law code, scaled to [-1, 1)
 _T = np.arange(FRAME_SAMPLES) / RATE
 TONE_COS = np.cos(2 * np.pi * TONE_HZ * _T)
 TONE_SIN = np.sin(2 * np.pi * TONE_HZ * _T)
@@ -179,12 +171,6 @@ def tone_scores(payloads: list[bytes]) -> tuple[Float, Float]:
 def pct(values: list[float] | Float, q: float) -> float | None:
     arr = np.asarray(values, dtype=np.float64)
     return float(np.percentile(arr, q)) if arr.size else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
@@ -314,7 +300,7 @@ class StepResult:
 class Server:
     """`python app.py` as a subprocess on a free port, pinned to one core."""
 
-    def __init__(self, repo: Path, telnyx: FakeTelnyx, workdir: Path, n: int, cpu: int | None) -> None:
+    def __init__(self, repo: Path, telnyx: FakeTelnyx, workdir: Path, cpu: int | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
@@ -439,7 +425,7 @@ def _run_step(res: StepResult, n: int, seconds: float, repo: Path, pin: bool, se
             FakeTelnyx(api_key=API_KEY, max_calls=n + 16, webhook_workers=8) as telnyx, \
             httpx.Client(timeout=10, trust_env=False, limits=httpx.Limits(max_connections=8)) as http:
         timer = WebhookTimer(telnyx)
-        server = Server(repo, telnyx, Path(tmp), n, 0 if pin else None)
+        server = Server(repo, telnyx, Path(tmp), 0 if pin else None)
         window: Window | None = None
         try:
             server.wait_healthy(http)
@@ -557,15 +543,13 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
         time.sleep(rest)
     w1 = time.monotonic()
     res.window_s = w1 - w0
-    counters1 = server.counters(http)
-    if "mixer_frames_sent_total" in counters1:
-        sent = counters1["mixer_frames_sent_total"] - counters0.get("mixer_frames_sent_total", 0)
-        res.server_fps_per_call = sent / len(playing) / res.window_s
-    if "mixer_frames_late_total" in counters1:
-        res.server_late_ticks = int(counters1["mixer_frames_late_total"] - counters0.get("mixer_frames_late_total", 0))
-    if "mixer_frames_skipped_total" in counters1:
-        res.server_skipped_ticks = int(counters1["mixer_frames_skipped_total"]
-                                       - counters0.get("mixer_frames_skipped_total", 0))
+    delta = {name: value - counters0.get(name, 0) for name, value in server.counters(http).items()}
+    if "mixer_frames_sent_total" in delta:
+        res.server_fps_per_call = delta["mixer_frames_sent_total"] / len(playing) / res.window_s
+    if "mixer_frames_late_total" in delta:
+        res.server_late_ticks = int(delta["mixer_frames_late_total"])
+    if "mixer_frames_skipped_total" in delta:
+        res.server_skipped_ticks = int(delta["mixer_frames_skipped_total"])
     server_cpu = 100 * (cpu_seconds(server.procs()) - srv0) / res.window_s
     gen_cpu = 100 * (cpu_seconds([me]) - gen0) / res.window_s
     res.server_cpu_pct, res.gen_cpu_pct = server_cpu, gen_cpu

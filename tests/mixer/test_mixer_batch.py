@@ -102,9 +102,12 @@ def test_a_lone_steady_track_leaves_its_gain_to_the_caller_and_others_do_not():
     alone = np.empty(N, dtype=np.float32)
     reference.mix_into(alone)
     assert np.array_equal(row * np.float32(gain), alone)
-    deferred.add("beep", music[:N] * 2)  # two tracks: the mixer applies every gain itself
+    for mixer in (deferred, reference):
+        mixer.add("beep", music[:N] * 2)  # two tracks: the mixer applies every gain itself
     finished, gain = deferred.mix_unscaled_into(row)
     assert finished == ("beep",) and gain == 1.0
+    reference.mix_into(alone)
+    assert np.array_equal(row, alone)
 
 
 def test_a_frame_with_a_nan_is_limited_as_mix_would():

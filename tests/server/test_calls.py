@@ -60,11 +60,16 @@ def test_wav_at_0_db_arrives_bit_exact_after_the_mulaw_round_trip(telnyx, server
     body = {"audio_base64": base64.b64encode(wav_bytes(source)).decode()}
     inj = inject(server, call, body)
     wait_injection(server, call, inj["id"], "finished")
+    assert_arrived_exactly(call, source)
+
+
+def assert_arrived_exactly(call, source: np.ndarray) -> None:
+    """`source` (int16, first sample non-zero) arrived as its mu-law round trip, then nothing."""
     # What arrived, in order; the playout clock is not involved, so load cannot shift it.
     arrived = ulaw_decode(b"".join(payload for _, payload in call.received))
     expected = ulaw_decode(ulaw_encode(source))
     start = int(np.flatnonzero(arrived != 0)[0])
-    assert np.array_equal(arrived[start:start + len(expected)], expected)
+    assert np.array_equal(arrived[start:start + len(expected)], expected), call.call_control_id
     assert not arrived[start + len(expected):].any()  # then nothing: the pacer sends no padding
 
 
@@ -81,11 +86,7 @@ def test_many_calls_at_once_each_get_their_own_audio_bit_exact(telnyx, server):
         injections.append(inject(server, call, {"audio_base64": base64.b64encode(wav_bytes(source)).decode()}))
     for call, source, inj in zip(calls, sources, injections, strict=True):
         wait_injection(server, call, inj["id"], "finished")
-        arrived = ulaw_decode(b"".join(payload for _, payload in call.received))
-        expected = ulaw_decode(ulaw_encode(source))
-        start = int(np.flatnonzero(arrived != 0)[0])
-        assert np.array_equal(arrived[start:start + len(expected)], expected), call.call_control_id
-        assert not arrived[start + len(expected):].any()
+        assert_arrived_exactly(call, source)
 
 
 def test_stopping_mid_way_fades_without_a_click(telnyx, server):

@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from streams import mediaplane_wire as wire
 from streams.mediaplane import Connection, FrontDoor
+from tests.wsframes import frame
 
 WAIT_S = 5.0
 
@@ -122,16 +123,7 @@ def plane(make_door: Callable[..., Harness]) -> Harness:
 
 
 def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
-    n = len(payload)
-    head = bytes((0x80 * fin | opcode,))
-    if n < 126:
-        head += bytes((0x80 | n,))
-    elif n < 65536:
-        head += struct.pack("!BH", 0x80 | 126, n)
-    else:
-        head += struct.pack("!BQ", 0x80 | 127, n)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + body
+    return frame(opcode, payload, fin=fin, mask=mask)
 
 
 def handshake(key: str | None = None, version: str = "13", path: str = "/stream", upgrade: bool = True) -> bytes:

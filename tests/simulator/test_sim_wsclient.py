@@ -24,6 +24,7 @@ from simulator import FakeTelnyx
 from simulator.media import MediaEngine
 from simulator.wsclient import ConnectionClosed, HandshakeError, InvalidStatus, WebSocketClient, open_socket
 from tests.simulator.conftest import WAIT, WebhookReceiver, rtp_params, wait_until
+from tests.wsframes import frame
 
 T = TypeVar("T")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -55,24 +56,8 @@ class Peer:
                            f"Sec-WebSocket-Accept: {accept or good}\r\n{extra}\r\n").encode())
         return headers
 
-    def frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
-              mask: bytes | None = None) -> bytes:
-        b0 = (0x80 if fin else 0) | rsv | opcode
-        n = len(payload)
-        bit = 0x80 if mask is not None else 0
-        if n < 126:
-            head = bytes((b0, bit | n))
-        elif n < 65536:
-            head = struct.pack("!BBH", b0, bit | 126, n)
-        else:
-            head = struct.pack("!BBQ", b0, bit | 127, n)
-        if mask is not None:
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            head += mask
-        return head + payload
-
     def send_frame(self, opcode: int, payload: bytes = b"", **kw: Any) -> None:
-        self.sock.sendall(self.frame(opcode, payload, **kw))
+        self.sock.sendall(frame(opcode, payload, **kw))
 
     def recv_frame(self) -> tuple[bool, int, bytes, bytes | None]:
         """(fin, opcode, unmasked payload, masking key or None)."""
@@ -250,7 +235,7 @@ def test_fragments_and_interleaved_control_frames_are_reassembled(engine, server
 def test_frames_split_anywhere_arrive_whole(engine, server):
     client = Client(engine, server)
     client.peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wire = b"".join(client.peer.frame(1, text.encode()) for text in ("a" * 10, "b" * 200, "c" * 70000))
+    wire = b"".join(frame(1, text.encode()) for text in ("a" * 10, "b" * 200, "c" * 70000))
     for i in range(230):  # the first two frames a byte at a time, headers included
         client.peer.sock.sendall(wire[i:i + 1])
     for i in range(230, len(wire), 997):
