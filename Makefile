@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_simulator.py
+	$(BIN)/python bench/bench_loopback.py
 	$(BIN)/python bench/bench_load.py
 
 clean:

@@ -20,15 +20,17 @@ music never reaches, is injected into a random call. Over the measured window it
 - inject-to-first-audio: from just before the tone's HTTP request is sent to the arrival of the
   first frame in which the tone's Goertzel power clearly dominates (decoded offline afterwards).
 - webhook answer time: duration of each signed webhook POST, p99 and max (Telnyx retries at 2 s).
-- server CPU % (master + worker, on its pinned core) over the window, and RSS per call: per idle
-  call (all N connected, nothing playing) and per playing call, both above the RSS before any call.
+- server CPU % (master + worker, on its pinned core) over the window, the kernel's part of it,
+  and RSS per call: per idle call (all N connected, nothing playing) and per playing call, both
+  above the RSS before any call.
 - the load generator's own CPU %, its media loop thread's CPU %, and how late that loop wakes
   up: arrival times are stamped on that loop, so when it lags the numbers above are the
   generator's, not the server's, and the step is marked as generator-bound.
 - the server's own view from its /metrics: frames sent per call per second and media clock
   ticks late or skipped, which do not depend on the generator's timing.
-- other%: CPU the rest of the machine used meanwhile (tests, other benchmarks). Before each
-  step the benchmark waits (--wait-quiet, bounded) for the machine to go idle.
+- other%: CPU the rest of the machine used meanwhile (tests, other benchmarks), and of it the
+  steal time (a VM's host running other guests instead). Before each step the benchmark waits
+  (--wait-quiet, bounded) for the machine to go idle; it cannot wait out the host.
 
 The server is pinned to CPU 0 and this process to CPU 1. The sweep stops at the first N that
 breaks (the rule is printed at start), and no step starts after --max-minutes.
@@ -173,12 +175,12 @@ def pct(values: list[float] | Float, q: float) -> float | None:
     return float(np.percentile(arr, q)) if arr.size else None
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
+def cpu_seconds(procs: list[psutil.Process], *, kernel_only: bool = False) -> float:
     total = 0.0
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            total += t.system if kernel_only else t.user + t.system
         except psutil.NoSuchProcess:
             pass
     return total
@@ -191,6 +193,11 @@ def thread_cpu_seconds(native_id: int | None) -> float:
         if t.id == native_id:
             return float(t.user_time + t.system_time)
     return 0.0
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this VM wanted to run (0 on bare metal)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def machine_busy_seconds() -> float:
@@ -276,6 +283,7 @@ class StepResult:
     webhook_p99_ms: float | None = None
     webhook_max_ms: float | None = None
     server_cpu_pct: float | None = None
+    server_sys_pct: float | None = None  # the kernel's part of server_cpu_pct
     server_threads: int | None = None
     rss_base_mb: float | None = None
     rss_idle_per_call_kb: float | None = None
@@ -290,6 +298,7 @@ class StepResult:
     server_fps_per_call: float | None = None  # frames the server counted as sent, per call per second
     received_fps_per_call: float | None = None  # frames the simulator read off the sockets, same units
     other_cpu_pct: float | None = None  # busy time on the machine that was neither server nor generator
+    steal_pct: float | None = None  # of it, time other guests of the host took from this VM
     window_s: float = 0.0
     step_s: float = 0.0
     verdict: str = "ok"
@@ -509,7 +518,7 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     late0 = telnyx.engine.late_ticks
     me = psutil.Process()
     srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
-    busy0 = machine_busy_seconds()
+    sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
     counters0 = server.counters(http)
     w0 = time.monotonic()
     last_tone = {id(c): -1e9 for c in playing}
@@ -553,6 +562,8 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     server_cpu = 100 * (cpu_seconds(server.procs()) - srv0) / res.window_s
     gen_cpu = 100 * (cpu_seconds([me]) - gen0) / res.window_s
     res.server_cpu_pct, res.gen_cpu_pct = server_cpu, gen_cpu
+    res.server_sys_pct = 100 * (cpu_seconds(server.procs(), kernel_only=True) - sys0) / res.window_s
+    res.steal_pct = 100 * (steal_seconds() - steal0) / res.window_s
     res.other_cpu_pct = max(0.0, 100 * (machine_busy_seconds() - busy0) / res.window_s - server_cpu - gen_cpu)
     res.gen_loop_cpu_pct = 100 * (thread_cpu_seconds(loop_tid) - loop0) / res.window_s
     res.gen_late_ticks = telnyx.engine.late_ticks - late0
@@ -683,6 +694,7 @@ COLUMNS: list[tuple[str, Callable[[StepResult], str]]] = [
     ("tones", lambda r: f"{r.tones_heard}/{r.tones_sent}"),
     ("hook p99", lambda r: _fmt(r.webhook_p99_ms, 0)),
     ("srv CPU%", lambda r: _fmt(r.server_cpu_pct, 0)),
+    ("sys%", lambda r: _fmt(r.server_sys_pct, 0)),
     ("srv late", lambda r: "-" if r.server_late_ticks is None else f"{r.server_late_ticks}/{r.server_skipped_ticks}"),
     ("fps srv/rx", lambda r: f"{_fmt(r.server_fps_per_call)}/{_fmt(r.received_fps_per_call)}"),
     ("KB/idle", lambda r: _fmt(r.rss_idle_per_call_kb, 0)),
@@ -691,6 +703,7 @@ COLUMNS: list[tuple[str, Callable[[StepResult], str]]] = [
     ("loop%", lambda r: _fmt(r.gen_loop_cpu_pct, 0)),
     ("lag p99", lambda r: _fmt(r.gen_lag_p99_ms)),
     ("other%", lambda r: _fmt(r.other_cpu_pct, 0)),
+    ("steal%", lambda r: _fmt(r.steal_pct, 0)),
     ("verdict", lambda r: r.verdict),
 ]
 
@@ -705,12 +718,13 @@ def print_table(results: list[StepResult]) -> None:
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     print("\n(times in ms; up = calls playing; inj = inject-to-first-audio; hook = webhook answer; "
-          "KB/idle, KB/play = server RSS per call;\n srv late = the server's own "
+          "KB/idle, KB/play = server RSS per call;\n sys% = the kernel's part of srv CPU%; srv late = the server's own "
           "media clock ticks late/skipped in the window (its /metrics);\n"
           " fps srv/rx = frames per call per second the server sent (its /metrics) / the simulator read;\n"
           " gen = this load generator, loop% = its media loop thread, "
           "lag = how late that loop wakes,\n other% = CPU used on the machine by anything else: "
-          "above a few % the step shared its cores)")
+          "above a few % the step shared its cores;\n steal% = of it, time other guests of the host "
+          "took from this VM)")
     for r in results:
         if r.reasons:
             print(f"  N={r.n}: {r.verdict}: {'; '.join(r.reasons)}")
