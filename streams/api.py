@@ -11,9 +11,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from errors import ApiError
+from eventlog import LIVE_STATUSES
 from streams import injections
 from streams.runtime import Runtime
-from streams.session import LIVE, CallSession, Injection
+from streams.session import CallSession, Injection
 
 bp = Blueprint("streams", __name__)
 VERSION = "0.1.0"
@@ -59,7 +60,7 @@ def list_streams() -> Response:
     rt = runtime()
     live = {s.call_control_id: s.view() for s in rt.registry.sessions()}
     if status == "active":
-        return jsonify({"items": [v for v in live.values() if v["status"] in LIVE]})
+        return jsonify({"items": [v for v in live.values() if v["status"] in LIVE_STATUSES]})
     rt.log.flush()
     items = [live.get(call["call_control_id"], call) for call in rt.log.calls()]
     known = {item["call_control_id"] for item in items}

@@ -68,7 +68,8 @@ class Framer:
 
     def feed_levels(self, calls: Sequence[Framed]) -> None:
         """Measure the caller audio every call received since the last tick, for ducking."""
-        groups: dict[str, tuple[Codec, list[bytes], list[tuple[Mixer, int]]]] = {}
+        # By codec instance (one per format, see get_codec): L16 byte orders must not mix.
+        groups: dict[int, tuple[Codec, list[bytes], list[tuple[Mixer, int]]]] = {}
         for call in calls:
             try:
                 taken = call.take_caller_audio()
@@ -79,9 +80,9 @@ class Framer:
                 continue
             mixer, chunks = taken
             for codec, chunk in chunks:
-                group = groups.get(codec.name)
+                group = groups.get(id(codec))
                 if group is None:
-                    group = groups[codec.name] = (codec, [], [])
+                    group = groups[id(codec)] = (codec, [], [])
                 group[1].append(chunk)
                 group[2].append((mixer, len(chunk) // codec.bytes_per_sample))
         for codec, audio, owners in groups.values():

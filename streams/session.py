@@ -29,7 +29,6 @@ from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-LIVE = LIVE_STATUSES  # one definition: the event log marks exactly these interrupted at start-up
 TERMINAL_INJECTION = ("finished", "stopped", "failed")
 CALLER_AUDIO_BACKLOG = 25  # fewest inbound frames kept for the ducking detector between ticks
 
@@ -115,7 +114,7 @@ class CallSession:
 
     @property
     def live(self) -> bool:
-        return self.status in LIVE
+        return self.status in LIVE_STATUSES  # the event log marks exactly these interrupted at start-up
 
     # -- call lifecycle (webhook threads) -----------------------------------------------------
 
