@@ -7,8 +7,10 @@ app's `media`, `mark` and `clear` frames and plays the media to the caller on a 
 Scale: all streams share one event-loop thread and one absolute-deadline ticker that sends every
 stream's caller frame. Calls are not in lockstep on a real network: each stream gets one of
 PHASES offsets within the 20 ms period, so a tick sends a share of the calls' frames, not all.
-A stream has no task of its own once it runs: its socket (simulator.wsclient) parses frames in
-`data_received` and calls the stream's handler inline, and a send is one `transport.write`.
+A stream has no task of its own once it runs: its socket (simulator.wsclient) parses frames as
+they arrive and calls the stream's handler inline, and a send is one `transport.write`. Media
+from the app is timed by the kernel's receive stamp (simulator.stamped), so the arrival times
+the recordings keep do not depend on how busy this loop is.
 Per-message work is a JSON parse, a base64 decode, a G.711 table lookup and a few appends;
 nothing is logged per frame.
 
@@ -651,7 +653,8 @@ class MediaStream:
             self._error(100003, f"Unknown or missing event {event!r}.")
 
     def _media(self, payload_b64: str) -> None:
-        now = time.monotonic()
+        assert self.ws is not None
+        now = self.ws.received_at  # when it reached us, however busy this loop was since
         try:
             # The verdicts of base64.b64decode(validate=True), without its regex on every frame.
             payload = binascii.a2b_base64(payload_b64, strict_mode=True)

@@ -3,8 +3,9 @@
 The media loop sends and receives 50 messages a second per call on one thread, so the cost of
 each message is the simulator's capacity. A general-purpose client spends most of that on
 machinery this use does not need: a reader task and a future per message, a send lock, an
-async context per send. Here frames are parsed inline in `data_received` and handed to one
-callback; a send is one `transport.write` of a masked frame. The handshake, masking, ping,
+async context per send. Here frames are parsed inline as bytes arrive and handed to one
+callback, with the time they arrived as `received_at` (on plain connections the kernel's,
+see simulator.stamped); a send is one `transport.write` of a masked frame. The handshake, masking, ping,
 close handshake, size limit and failure codes follow RFC 6455 and the `websockets` library's
 client (the same reasons, the same `close_code` after a close: the peer's code, 1005 for an
 empty close frame, 1006 when none arrived).
@@ -23,10 +24,13 @@ import logging
 import os
 import ssl
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
+
+from simulator import stamped
 
 try:
     from websockets.speedups import apply_mask
@@ -159,6 +163,9 @@ class WebSocketClient(asyncio.Protocol):
         self._on_closed: Callable[[], None] | None = None
         self._early: list[str | bytes] = []
         self.close_rcvd: tuple[int, str] | None = None  # the peer's close frame, once it arrived
+        # When the bytes of the message being delivered reached us (time.monotonic() clock): the
+        # kernel's stamp on plain connections (simulator.stamped), the read's time on TLS ones.
+        self.received_at = 0.0
 
     # ---- public ----------------------------------------------------------------------------
 
@@ -236,8 +243,12 @@ class WebSocketClient(asyncio.Protocol):
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
+        self.data_received_at(data, time.monotonic())
+
+    def data_received_at(self, data: bytes, received_at: float) -> None:
         if self._discard:
             return
+        self.received_at = received_at
         if self._rbuf:
             self._rbuf += data
             if len(self._rbuf) < self._need:
@@ -499,10 +510,14 @@ async def open_socket(url: str, headers: dict[str, str], *, max_size: int, open_
     target = _parse_url(url)
     loop = asyncio.get_running_loop()
     context = ssl.create_default_context() if target.secure else None
+    def factory() -> WebSocketClient:
+        return WebSocketClient(target, headers.items(), max_size=max_size, close_timeout=close_timeout)
+
     async with asyncio.timeout(open_timeout):
-        _, client = await loop.create_connection(
-            lambda: WebSocketClient(target, headers.items(), max_size=max_size, close_timeout=close_timeout),
-            target.host, target.port, ssl=context)
+        if context is None:
+            client = cast(WebSocketClient, await stamped.connect(target.host, target.port, factory))
+        else:
+            _, client = await loop.create_connection(factory, target.host, target.port, ssl=context)
         try:
             await client.handshake
         except BaseException:  # refused, timed out or cancelled: no half-open socket stays behind
