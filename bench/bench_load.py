@@ -17,23 +17,26 @@ music never reaches, is injected into a random call. Over the measured window it
   After a gap the simulator re-anchors the queue on the late frame; so does this count.
 - inter-arrival gap of our frames per call (pooled): p50 / p99 / max; the lead burst at the
   start of each call is left out.
-- inject-to-first-audio: from just before the tone's HTTP request is sent to the arrival of the
-  first frame in which the tone's Goertzel power clearly dominates (decoded offline afterwards).
+- inject-to-first-audio: from just before the tone's HTTP request is sent (by
+  bench/tone_injector.py, a process of its own) to the arrival of the first frame in which the
+  tone's Goertzel power clearly dominates (decoded offline afterwards).
 - webhook answer time: duration of each signed webhook POST, p99 and max (Telnyx retries at 2 s).
 - server CPU % (master + worker, on its pinned core) over the window, the kernel's part of it,
   and RSS per call: per idle call (all N connected, nothing playing) and per playing call, both
   above the RSS before any call.
 - the load generator's own CPU %, its media loop thread's CPU %, and how late that loop wakes
-  up: arrival times are stamped on that loop, so when it lags the numbers above are the
-  generator's, not the server's, and the step is marked as generator-bound.
+  up. Arrival times are the kernel's receive stamps (simulator.stamped), not the loop's clock,
+  so its lag does not enter them; only frames that waited to be read together all carry the
+  newest one's stamp. An overloaded generator can thus only make a step look worse: one that
+  still passes passes, one that breaks is marked as generator-bound.
 - the server's own view from its /metrics: frames sent per call per second and media clock
   ticks late or skipped, which do not depend on the generator's timing.
 - other%: CPU the rest of the machine used meanwhile (tests, other benchmarks), and of it the
   steal time (a VM's host running other guests instead). Before each step the benchmark waits
   (--wait-quiet, bounded) for the machine to go idle; it cannot wait out the host.
 
-The server is pinned to CPU 0 and this process to CPU 1. The sweep stops at the first N that
-breaks (the rule is printed at start), and no step starts after --max-minutes.
+The server is pinned to CPU 0, this process and the tone injector to CPU 1. The sweep stops at
+the first N that breaks (the rule is printed at start), and no step starts after --max-minutes.
 Writes bench/out/load.json and bench/out/load.png.
 """
 
@@ -114,10 +117,11 @@ MAX_OTHER_CPU = 10.0
 BREAK_RULE = (f"a step BREAKS if any call fails to set up or play, any underrun, gap p99 > {MAX_GAP_P99_MS:g} ms, "
               f"any tone not heard, inject-to-audio p99 > {MAX_LATENCY_P99_MS:g} ms, webhook answer p99 >= "
               f"{MAX_WEBHOOK_P99_MS:g} ms, or the server's own /metrics show it behind real time (clock ticks "
-              f"skipped, or < {MIN_SERVER_FPS:g} frames/s per call); it is GEN-BOUND (numbers unreliable, the sweep "
-              f"stops too) if the load generator's loop lags p99 > {MAX_GEN_LAG_P99_MS:g} ms, misses > "
-              f"{MAX_GEN_LATE_TICKS:.1%} of its ticks, or its thread uses > {MAX_GEN_LOOP_CPU:g}% of its core, "
-              f"and BREAK+GEN when the server is behind as well")
+              f"skipped, or < {MIN_SERVER_FPS:g} frames/s per call). When the load generator is overloaded "
+              f"(its loop lags p99 > {MAX_GEN_LAG_P99_MS:g} ms, misses > {MAX_GEN_LATE_TICKS:.1%} of its ticks, or "
+              f"its thread uses > {MAX_GEN_LOOP_CPU:g}% of its core) its figures can only be too high: a step that "
+              f"passes still passes, one that breaks is GEN-BOUND (the sweep stops too) unless the server's own "
+              f"counters show it behind (BREAK+GEN)")
 
 Float = npt.NDArray[np.float64]
 
@@ -238,7 +242,8 @@ class WebhookTimer:
 
 
 class LoopLagProbe:
-    """How late the simulator's media loop wakes from a 10 ms sleep: the error on arrival stamps."""
+    """How late the simulator's media loop wakes from a 10 ms sleep: how far behind its caller
+    frames and its reading run."""
 
     def __init__(self, telnyx: FakeTelnyx, seconds: float) -> None:
         self.lags: list[float] = []
@@ -441,7 +446,8 @@ def _run_step(res: StepResult, n: int, seconds: float, repo: Path, pin: bool, se
             telnyx.webhook_url = f"{server.url}/webhooks/voice"
             playing = set_up(res, n, telnyx, server, http)
             if playing is not None:
-                window = measure(res, seconds, telnyx, server, http, playing, random.Random(seed + n))
+                window = measure(res, seconds, telnyx, server, http, playing, random.Random(seed + n),
+                                 1 if pin else None)
             hooks = list(timer.samples)  # set-up and window only, not the teardown below
         finally:
             # The server goes first: it ends every call and closes its sockets, so the simulator
@@ -508,9 +514,21 @@ def set_up(res: StepResult, n: int, telnyx: FakeTelnyx, server: Server, http: ht
     return playing
 
 
+def run_injector(plan: dict[str, Any], cpu: int | None) -> list[tuple[str, float, int | None]]:
+    """bench/tone_injector.py with `plan`, on `cpu`: the tones it sent, when, and their answers."""
+    def pin() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tone_injector.py")], input=json.dumps(plan),
+                          capture_output=True, text=True, preexec_fn=pin, timeout=plan["seconds"] + 60, check=True)
+    return [(call_id, t_req, status) for call_id, t_req, status in json.loads(proc.stdout)]
+
+
 def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server, http: httpx.Client,
-            playing: list[SimCall], rng: random.Random) -> Window:
-    """The measured window: a tone into a random call every 100 ms; CPU, RSS and loop lag around it."""
+            playing: list[SimCall], rng: random.Random, cpu: int | None) -> Window:
+    """The measured window: a tone into a random call every 100 ms (from bench/tone_injector.py,
+    on the generator's core); CPU, RSS and loop lag around it."""
     rss_base = int((res.rss_base_mb or 0) * 2**20)
     tones: list[tuple[SimCall, float]] = []
     probe = LoopLagProbe(telnyx, seconds + 5)
@@ -521,31 +539,17 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
     counters0 = server.counters(http)
     w0 = time.monotonic()
-    last_tone = {id(c): -1e9 for c in playing}
     # A call gets no second tone while its first may still be playing or on its way.
-    quiet_s = min(1.0, len(playing) * TONE_INTERVAL_S / 2)
-    tone = {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}
-    for k in range(int(seconds / TONE_INTERVAL_S)):
-        due = w0 + k * TONE_INTERVAL_S
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-        elif now - due > TONE_INTERVAL_S:
-            continue  # behind schedule (slow requests): skip rather than burst
-        now = time.monotonic()
-        eligible = [c for c in playing if now - last_tone[id(c)] >= quiet_s]
-        if not eligible:
-            continue
-        call = rng.choice(eligible)
-        last_tone[id(call)] = now
+    plan = {"url": server.url, "calls": [c.call_control_id for c in playing], "seconds": seconds,
+            "interval_s": TONE_INTERVAL_S, "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2),
+            "seed": rng.randrange(1 << 30),
+            "body": {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}}
+    by_id = {c.call_control_id: c for c in playing}
+    for call_id, t_req, status in run_injector(plan, cpu):
         res.tones_sent += 1
-        try:
-            r = http.post(f"{server.url}/streams/{call.call_control_id}/inject", json=tone)
-            if r.status_code == 201:
-                tones.append((call, now))
-            else:
-                res.tones_failed += 1
-        except httpx.HTTPError:
+        if status == 201:
+            tones.append((by_id[call_id], t_req))
+        else:
             res.tones_failed += 1
     rest = w0 + seconds - time.monotonic()
     if rest > 0:
@@ -664,14 +668,12 @@ def judge(res: StepResult) -> None:
     if server_behind:
         r.append(f"the server's own clock fell behind ({_fmt(res.server_fps_per_call)} frames/s per call, "
                  f"{res.server_skipped_ticks} ticks skipped)")
-    if gen:
-        r.extend(gen)
-    if server_behind and gen:
-        res.verdict = "BREAK+GEN"
-    elif gen:
-        res.verdict = "GEN-BOUND"
-    elif r:
-        res.verdict = "BREAK"
+    # An overloaded generator stamps nothing early (arrivals carry the kernel's receive time,
+    # at worst that of a later frame read together) and sends no tone late (its own process),
+    # so it can only make a step look worse than it was.
+    if r:
+        res.verdict = "BREAK+GEN" if server_behind and gen else "GEN-BOUND" if gen else "BREAK"
+    r.extend(gen)
     if res.other_cpu_pct is not None and res.other_cpu_pct > MAX_OTHER_CPU:
         r.append(f"shared machine: other processes used {res.other_cpu_pct:.0f}% of a core")
 
