@@ -92,6 +92,7 @@ TONE_INTERVAL_S = 0.100
 TONE_MIN_FRACTION = 0.30  # share of a frame's energy in the tone bin for "the tone is there"
 TONE_MIN_AMPLITUDE = 0.03  # about -30 dBFS: the tone bin must also be loud in absolute terms
 TONE_SEARCH_S = 2.0
+INJECTOR_START_S = 1.0  # the tone injector's process is started this long before the window
 
 SERVER_COUNTERS = ("mixer_frames_sent_total", "mixer_frames_late_total", "mixer_frames_skipped_total")
 SETUP_RATE = 50.0  # calls placed (and backgrounds injected) per second
@@ -514,15 +515,27 @@ def set_up(res: StepResult, n: int, telnyx: FakeTelnyx, server: Server, http: ht
     return playing
 
 
-def run_injector(plan: dict[str, Any], cpu: int | None) -> list[tuple[str, float, int | None]]:
-    """bench/tone_injector.py with `plan`, on `cpu`: the tones it sent, when, and their answers."""
+def start_injector(plan: dict[str, Any], cpu: int | None) -> subprocess.Popen[str]:
+    """bench/tone_injector.py with `plan`, on `cpu`; it waits for plan["start_at"] to begin."""
     def pin() -> None:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
 
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tone_injector.py")], input=json.dumps(plan),
-                          capture_output=True, text=True, preexec_fn=pin, timeout=plan["seconds"] + 60, check=True)
-    return [(call_id, t_req, status) for call_id, t_req, status in json.loads(proc.stdout)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "tone_injector.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, preexec_fn=pin)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(plan))
+    proc.stdin.close()
+    return proc
+
+
+def injector_results(proc: subprocess.Popen[str], timeout_s: float) -> list[tuple[str, float, int | None]]:
+    """The tones the injector sent, when, and their answers."""
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    if proc.wait(timeout_s) != 0:
+        raise RuntimeError(f"tone injector exited with {proc.returncode}")
+    return [(call_id, t_req, status) for call_id, t_req, status in json.loads(out)]
 
 
 def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server, http: httpx.Client,
@@ -531,6 +544,15 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     on the generator's core); CPU, RSS and loop lag around it."""
     rss_base = int((res.rss_base_mb or 0) * 2**20)
     tones: list[tuple[SimCall, float]] = []
+    # The injector starts up (a second of its core, at most) before the window, not in it.
+    start_at = time.monotonic() + INJECTOR_START_S
+    plan = {"url": server.url, "calls": [c.call_control_id for c in playing], "seconds": seconds,
+            "start_at": start_at, "interval_s": TONE_INTERVAL_S,
+            # A call gets no second tone while its first may still be playing or on its way.
+            "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2), "seed": rng.randrange(1 << 30),
+            "body": {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}}
+    injector = start_injector(plan, cpu)
+    time.sleep(max(0.0, start_at - 0.05 - time.monotonic()))
     probe = LoopLagProbe(telnyx, seconds + 5)
     loop_tid = media_loop_native_id()
     late0 = telnyx.engine.late_ticks
@@ -538,14 +560,10 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
     sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
     counters0 = server.counters(http)
+    time.sleep(max(0.0, start_at - time.monotonic()))
     w0 = time.monotonic()
-    # A call gets no second tone while its first may still be playing or on its way.
-    plan = {"url": server.url, "calls": [c.call_control_id for c in playing], "seconds": seconds,
-            "interval_s": TONE_INTERVAL_S, "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2),
-            "seed": rng.randrange(1 << 30),
-            "body": {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}}
     by_id = {c.call_control_id: c for c in playing}
-    for call_id, t_req, status in run_injector(plan, cpu):
+    for call_id, t_req, status in injector_results(injector, seconds + 60):
         res.tones_sent += 1
         if status == 201:
             tones.append((by_id[call_id], t_req))

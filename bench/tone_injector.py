@@ -9,9 +9,10 @@ inject-to-first-audio latency measured from "just before the request" would be m
 wait. Here nothing else runs, so the stamp taken just before the request is written is when
 it left.
 
-The plan (JSON on stdin): {"url", "calls": [call_control_id, ...], "seconds", "interval_s",
-"quiet_s", "seed", "body"}. Every interval one call is picked at random among those that got
-no tone in the last quiet_s, and `body` is POSTed to its /streams/<id>/inject. Printed (JSON on
+The plan (JSON on stdin): {"url", "calls": [call_control_id, ...], "seconds", "start_at",
+"interval_s", "quiet_s", "seed", "body"}. From start_at (time.monotonic()), every interval one
+call is picked at random among those that got no tone in the last quiet_s, and `body` is POSTed
+to its /streams/<id>/inject. Printed (JSON on
 stdout): [[call_control_id, time.monotonic() before the request, HTTP status or null], ...].
 CLOCK_MONOTONIC is the machine's, so the stamps compare with the simulator's.
 """
@@ -37,7 +38,8 @@ def run(plan: dict[str, Any]) -> list[tuple[str, float, int | None]]:
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
     last = dict.fromkeys(calls, -1e9)
     sent: list[tuple[str, float, int | None]] = []
-    start = time.monotonic()
+    start = plan["start_at"]
+    conn.connect()
     for k in range(int(seconds / interval)):
         due = start + k * interval
         now = time.monotonic()
