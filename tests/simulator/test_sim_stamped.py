@@ -51,14 +51,6 @@ class Recording:
 
 
 @pytest.fixture
-def engine() -> Iterator[MediaEngine]:
-    e = MediaEngine()
-    e.start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
 def wsloop() -> Iterator[Loop]:
     loop = Loop()
     yield loop
@@ -70,6 +62,14 @@ def server() -> Iterator[RawServer]:
     s = RawServer()
     yield s
     s.close()
+
+
+@pytest.fixture
+def media_engine() -> Iterator[MediaEngine]:
+    e = MediaEngine()
+    e.start()
+    yield e
+    e.stop()
 
 
 @pytest.fixture
@@ -108,10 +108,10 @@ def block_loop(engine: MediaEngine, seconds: float) -> None:
 
 
 @pytest.mark.skipif(not LINUX, reason="kernel receive stamps are read on Linux only")
-def test_reads_carry_the_kernels_arrival_time_not_the_busy_loops(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_reads_carry_the_kernels_arrival_time_not_the_busy_loops(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     assert protocol.transport is not None and protocol.transport.stamped
-    block_loop(engine, 0.3)
+    block_loop(media_engine, 0.3)
     sent_at = time.monotonic()
     peer.sendall(b"hello")
     wait_until(lambda: protocol.reads, what="the read")
@@ -136,8 +136,8 @@ def test_websocket_messages_carry_their_arrival_time(wsloop: Loop, server: RawSe
         assert stamps[0] >= sent_at
 
 
-def test_a_write_the_kernel_cannot_take_at_once_is_flushed_in_order_before_close(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_a_write_the_kernel_cannot_take_at_once_is_flushed_in_order_before_close(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     data = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than the socket buffers hold
     transport = protocol.transport
     assert transport is not None
@@ -148,7 +148,7 @@ def test_a_write_the_kernel_cannot_take_at_once_is_flushed_in_order_before_close
         transport.close()
         return buffered
 
-    assert on_loop(engine, write_then_close) > 0  # some of it had to wait for the peer
+    assert on_loop(media_engine, write_then_close) > 0  # some of it had to wait for the peer
     got = bytearray()
     while chunk := peer.recv(1 << 20):
         got += chunk
@@ -158,8 +158,8 @@ def test_a_write_the_kernel_cannot_take_at_once_is_flushed_in_order_before_close
     peer.close()
 
 
-def test_abort_drops_what_is_buffered_and_reports_the_loss_once(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_abort_drops_what_is_buffered_and_reports_the_loss_once(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     transport = protocol.transport
     assert transport is not None
 
@@ -170,7 +170,7 @@ def test_abort_drops_what_is_buffered_and_reports_the_loss_once(engine, listener
         transport.close()
         transport.write(b"ignored")
 
-    on_loop(engine, write_then_abort)
+    on_loop(media_engine, write_then_abort)
     wait_until(lambda: protocol.lost, what="connection_lost")
     got = 0
     while chunk := peer.recv(1 << 20):  # what the kernel already took, then the end
@@ -178,12 +178,12 @@ def test_abort_drops_what_is_buffered_and_reports_the_loss_once(engine, listener
     assert got < 8 << 20
     time.sleep(0.05)
     assert protocol.lost == [None]
-    assert on_loop(engine, transport.is_closing)
+    assert on_loop(media_engine, transport.is_closing)
     peer.close()
 
 
-def test_the_peers_end_of_stream_is_reported_then_the_connection_closes(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_the_peers_end_of_stream_is_reported_then_the_connection_closes(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     peer.sendall(b"last words")
     peer.shutdown(socket.SHUT_WR)
     assert protocol.eof.wait(WAIT)
@@ -194,8 +194,8 @@ def test_the_peers_end_of_stream_is_reported_then_the_connection_closes(engine, 
     peer.close()
 
 
-def test_a_reset_connection_is_lost_with_its_error(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_a_reset_connection_is_lost_with_its_error(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     peer.close()  # linger 0: a reset instead of a FIN
     wait_until(lambda: protocol.lost, what="connection_lost")
@@ -203,23 +203,23 @@ def test_a_reset_connection_is_lost_with_its_error(engine, listener):
     assert not protocol.eof.is_set()
 
 
-def test_connecting_to_a_closed_port_raises(engine):
+def test_connecting_to_a_closed_port_raises(media_engine):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: the connect is refused
-        future = engine.submit(stamped.connect("127.0.0.1", port, Recording))
+        future = media_engine.submit(stamped.connect("127.0.0.1", port, Recording))
         with pytest.raises(ConnectionRefusedError):
             future.result(WAIT)
 
 
-def test_extra_info_names_the_socket_and_its_ends(engine, listener):
-    protocol, peer = connected(engine, listener)
+def test_extra_info_names_the_socket_and_its_ends(media_engine, listener):
+    protocol, peer = connected(media_engine, listener)
     transport = protocol.transport
     assert transport is not None
-    assert on_loop(engine, lambda: transport.get_extra_info("peername")) == listener.getsockname()
-    assert on_loop(engine, lambda: transport.get_extra_info("sockname")) == peer.getpeername()
-    assert on_loop(engine, lambda: transport.get_extra_info("socket")).fileno() >= 0
-    assert on_loop(engine, lambda: transport.get_extra_info("nothing", 7)) == 7
+    assert on_loop(media_engine, lambda: transport.get_extra_info("peername")) == listener.getsockname()
+    assert on_loop(media_engine, lambda: transport.get_extra_info("sockname")) == peer.getpeername()
+    assert on_loop(media_engine, lambda: transport.get_extra_info("socket")).fileno() >= 0
+    assert on_loop(media_engine, lambda: transport.get_extra_info("nothing", 7)) == 7
     peer.close()
 
 
