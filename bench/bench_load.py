@@ -521,19 +521,19 @@ def start_injector(plan: dict[str, Any], cpu: int | None) -> subprocess.Popen[st
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "tone_injector.py")], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "tone_injector.py"), json.dumps(plan)],
                             stdout=subprocess.PIPE, text=True, preexec_fn=pin)
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(plan))
-    proc.stdin.close()
-    return proc
 
 
 def injector_results(proc: subprocess.Popen[str], timeout_s: float) -> list[tuple[str, float, int | None]]:
-    """The tones the injector sent, when, and their answers."""
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    if proc.wait(timeout_s) != 0:
+    """The tones the injector sent, when, and their answers; it is killed if it overstays."""
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
         raise RuntimeError(f"tone injector exited with {proc.returncode}")
     return [(call_id, t_req, status) for call_id, t_req, status in json.loads(out)]
 
@@ -552,18 +552,24 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
             "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2), "seed": rng.randrange(1 << 30),
             "body": {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}}
     injector = start_injector(plan, cpu)
-    time.sleep(max(0.0, start_at - 0.05 - time.monotonic()))
-    probe = LoopLagProbe(telnyx, seconds + 5)
-    loop_tid = media_loop_native_id()
-    late0 = telnyx.engine.late_ticks
-    me = psutil.Process()
-    srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
-    sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
-    counters0 = server.counters(http)
-    time.sleep(max(0.0, start_at - time.monotonic()))
-    w0 = time.monotonic()
+    try:
+        time.sleep(max(0.0, start_at - 0.05 - time.monotonic()))
+        probe = LoopLagProbe(telnyx, seconds + 5)
+        loop_tid = media_loop_native_id()
+        late0 = telnyx.engine.late_ticks
+        me = psutil.Process()
+        srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
+        sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
+        counters0 = server.counters(http)
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        w0 = time.monotonic()
+    except BaseException:  # no tones into a window that is not measured
+        injector.kill()
+        injector.wait()
+        raise
+    sent = injector_results(injector, INJECTOR_START_S + seconds + 60)
     by_id = {c.call_control_id: c for c in playing}
-    for call_id, t_req, status in injector_results(injector, seconds + 60):
+    for call_id, t_req, status in sent:
         res.tones_sent += 1
         if status == 201:
             tones.append((by_id[call_id], t_req))

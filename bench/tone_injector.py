@@ -1,6 +1,6 @@
 """bench_load's tone injections, sent from a process of their own.
 
-    python bench/tone_injector.py < plan.json > sent.json
+    python bench/tone_injector.py PLAN_JSON > sent.json
 
 In the load generator's process, the thread sending the tones shares one GIL with the
 simulator's media loop, which at hundreds of calls keeps it almost all the time: the request
@@ -9,12 +9,12 @@ inject-to-first-audio latency measured from "just before the request" would be m
 wait. Here nothing else runs, so the stamp taken just before the request is written is when
 it left.
 
-The plan (JSON on stdin): {"url", "calls": [call_control_id, ...], "seconds", "start_at",
-"interval_s", "quiet_s", "seed", "body"}. From start_at (time.monotonic()), every interval one
-call is picked at random among those that got no tone in the last quiet_s, and `body` is POSTed
-to its /streams/<id>/inject. Printed (JSON on
-stdout): [[call_control_id, time.monotonic() before the request, HTTP status or null], ...].
-CLOCK_MONOTONIC is the machine's, so the stamps compare with the simulator's.
+The plan (JSON, the one argument): {"url", "calls": [call_control_id, ...], "seconds",
+"start_at", "interval_s", "quiet_s", "seed", "body"}. From start_at (time.monotonic()), every
+interval one call is picked at random among those that got no tone in the last quiet_s, and
+`body` is POSTed to its /streams/<id>/inject. Printed (JSON on stdout): [[call_control_id,
+time.monotonic() before the request, HTTP status or null], ...]. CLOCK_MONOTONIC is the
+machine's, so the stamps compare with the simulator's.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run(plan: dict[str, Any]) -> list[tuple[str, float, int | None]]:
 
 
 def main() -> None:
-    json.dump(run(json.load(sys.stdin)), sys.stdout)
+    json.dump(run(json.loads(sys.argv[1])), sys.stdout)
 
 
 if __name__ == "__main__":

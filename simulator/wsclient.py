@@ -4,11 +4,11 @@ The media loop sends and receives 50 messages a second per call on one thread, s
 each message is the simulator's capacity. A general-purpose client spends most of that on
 machinery this use does not need: a reader task and a future per message, a send lock, an
 async context per send. Here frames are parsed inline as bytes arrive and handed to one
-callback, with the time they arrived as `received_at` (on plain connections the kernel's,
-see simulator.stamped); a send is one `transport.write` of a masked frame. The handshake, masking, ping,
-close handshake, size limit and failure codes follow RFC 6455 and the `websockets` library's
-client (the same reasons, the same `close_code` after a close: the peer's code, 1005 for an
-empty close frame, 1006 when none arrived).
+callback, with the time they arrived as `received_at` (on plain connections the kernel's, see
+simulator.stamped); a send is one `transport.write` of a masked frame. The handshake, masking,
+ping, close handshake, size limit and failure codes follow RFC 6455 and the `websockets`
+library's client (the same reasons, the same `close_code` after a close: the peer's code, 1005
+for an empty close frame, 1006 when none arrived).
 
 Not supported, because Telnyx does not use them: extensions (no compression), subprotocols,
 HTTP proxies, redirects.
@@ -510,6 +510,7 @@ async def open_socket(url: str, headers: dict[str, str], *, max_size: int, open_
     target = _parse_url(url)
     loop = asyncio.get_running_loop()
     context = ssl.create_default_context() if target.secure else None
+
     def factory() -> WebSocketClient:
         return WebSocketClient(target, headers.items(), max_size=max_size, close_timeout=close_timeout)
 
