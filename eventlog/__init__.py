@@ -23,8 +23,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
-# The writer commits what is queued this often: rare enough that it seldom takes the GIL from
-# the media loop, short enough that a crash loses at most this much of the log.
+# An idle writer looks for new rows this often (a busy one commits batch after batch): rare
+# enough that it seldom takes the GIL from the media loop, short enough that a crash loses at
+# most this much of the log.
 WRITE_INTERVAL_S = 0.02
 # Statuses of a call that was still live when the process stopped; see mark_interrupted.
 LIVE_STATUSES = ("answering", "answered", "streaming", "disconnected")

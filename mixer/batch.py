@@ -26,15 +26,19 @@ class FrameBlock:
         self._buf = np.zeros((0, samples), dtype=np.float32)
 
     def rows(self, count: int) -> np.ndarray:
-        """`count` rows to mix into (their old contents are garbage; mix_into overwrites them)."""
+        """`count` rows to mix into (their old contents are garbage: a row a call mixes into is
+        overwritten, and only those rows are finished)."""
         if count > len(self._buf):
             self._buf = np.zeros((max(count, 2 * len(self._buf)), self.samples), dtype=np.float32)
         return self._buf[:count]
 
 
-def finish_frames(block: np.ndarray, mixers: Sequence[Mixer]) -> np.ndarray:
-    """Limit row i with mixers[i]'s limiter, in place, and return the block as int16. Rows are
-    mixed frames as Mixer.mix_into leaves them (from mix_unscaled_into: scaled by their gain)."""
+def finish_frames(block: np.ndarray, mixers: Sequence[Mixer], gains: Sequence[float] | None = None) -> np.ndarray:
+    """Scale row i by gains[i], limit it with mixers[i]'s limiter, in place, and return the block
+    as int16. Rows are mixed frames as Mixer.mix_into leaves them, or as mix_unscaled_into does
+    with `gains` the gains it returned."""
+    if gains is not None:
+        block *= np.array(gains, dtype=np.float32)[:, None]
     peaks = np.abs(block).max(axis=1).tolist()
     for i, (mixer, peak) in enumerate(zip(mixers, peaks, strict=True)):
         # Else the limiter would leave the row as it is. `not <=`: a NaN peak is processed, as by mix().

@@ -24,15 +24,13 @@ class Limiter:
         self.threshold_dbfs = float(threshold_dbfs)
         self.threshold = np.float32(10.0 ** (threshold_dbfs / 20.0))
         self._step_db = release_db_per_second / sample_rate
-        self.gain_db = 0.0  # current gain reduction (<= 0)
-        # A frame whose peak is at most this passes untouched: the threshold at rest, -1 while
-        # the gain recovers. Lets a caller with many frames skip the call for most of them.
-        self.passes_below = 0.0
         self.reset()
 
     def reset(self) -> None:
         """Back to rest: the next sound starts without leftover gain reduction."""
-        self.gain_db = 0.0
+        self.gain_db = 0.0  # current gain reduction (<= 0)
+        # A frame whose peak is at most this passes untouched: the threshold at rest, -1 while
+        # the gain recovers. Lets a caller with many frames skip the call for most of them.
         self.passes_below = float(self.threshold)
 
     def process(self, x: np.ndarray, peak: float | None = None) -> None:

@@ -363,5 +363,6 @@ class Mixer:
                 self._finished_played[key] = self._tracks.pop(key).pos
             while len(self._finished_played) > _FINISHED_MEMORY:
                 self._finished_played.popitem(last=False)
-        logger.debug("tracks ended: %s", ", ".join(finished))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("tracks ended: %s", ", ".join(finished))
         return tuple(finished), later

@@ -125,8 +125,7 @@ class Framer:
 
     @staticmethod
     def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
-        rows *= np.array([frame.gain for _, frame in mixed], dtype=np.float32)[:, None]
-        pcm = finish_frames(rows, [frame.mixer for _, frame in mixed])
+        pcm = finish_frames(rows, [frame.mixer for _, frame in mixed], [frame.gain for _, frame in mixed])
         codec = mixed[0][1].codec
         if all(frame.codec is codec for _, frame in mixed):
             encoded = np.frombuffer(codec.encode(pcm), dtype=np.uint8).reshape(len(mixed), -1)

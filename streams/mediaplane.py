@@ -592,9 +592,11 @@ class FrontDoor:
                     except Exception:
                         # A bug on one socket must not take every call down with the loop.
                         logger.exception("media plane: event handling failed for %r", key.fileobj)
-                    if due is not None and time.monotonic() >= due:
-                        self._now = now = time.monotonic()
-                        due = self._run_timer(now)
+                    if due is not None:
+                        t = time.monotonic()
+                        if t >= due:
+                            self._now = now = t
+                            due = self._run_timer(now)
                 if self._undecided:
                     self._repeek()
                 if now >= next_sweep:

@@ -89,9 +89,10 @@ def test_caller_levels_reach_each_calls_ducking_in_one_pass() -> None:
     broken.broken = True
     loud = np.full(160, LOUD, dtype=np.int16)
     speaker.caller = [(speaker.codec, speaker.codec.encode(loud))]
-    # A chunk that arrived before a reconnect changed the codec is measured with its own codec.
+    # A chunk that arrived before a reconnect changed the codec is measured with its own codec
+    # (-QUIET in mu-law is 0x7E7E...: read as L16, that would be loud).
     ulaw = get_codec("PCMU", 8000)
-    listener.caller = [(ulaw, ulaw.encode(np.full(160, QUIET, dtype=np.int16))),
+    listener.caller = [(ulaw, ulaw.encode(np.full(160, -QUIET, dtype=np.int16))),
                        (listener.codec, listener.codec.encode(np.full(320, QUIET, dtype=np.int16)))]
     Framer().feed_levels([speaker, broken, listener])
     assert speaker.mixer.caller_speaking and not listener.mixer.caller_speaking
