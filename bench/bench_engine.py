@@ -128,10 +128,10 @@ def batched_us(srcs: list[np.ndarray], gains_db: list[float], calls: int, reps: 
         rows = block.rows(calls)
         gains = []
         for mixer, row in zip(mixers, rows, strict=True):
-            mixed = mixer.mix_unscaled_into(row)  # the sources loop: never None
-            gains.append(1.0 if mixed is None else mixed[1])
-        rows *= np.array(gains, dtype=np.float32)[:, None]
-        return codec.encode(finish_frames(rows, mixers))
+            mixed = mixer.mix_unscaled_into(row)
+            assert mixed is not None  # the sources loop
+            gains.append(mixed[1])
+        return codec.encode(finish_frames(rows, mixers, gains))
 
     return per_call_us(tick, reps) / calls
 

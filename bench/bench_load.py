@@ -92,7 +92,7 @@ TONE_INTERVAL_S = 0.100
 TONE_MIN_FRACTION = 0.30  # share of a frame's energy in the tone bin for "the tone is there"
 TONE_MIN_AMPLITUDE = 0.03  # about -30 dBFS: the tone bin must also be loud in absolute terms
 TONE_SEARCH_S = 2.0
-INJECTOR_START_S = 1.0  # the tone injector's process is started this long before the window
+INJECTOR_START_S = 1.0  # the tone injector's process is started this long before the window opens
 
 SERVER_COUNTERS = ("mixer_frames_sent_total", "mixer_frames_late_total", "mixer_frames_skipped_total")
 SETUP_RATE = 50.0  # calls placed (and backgrounds injected) per second
@@ -101,7 +101,7 @@ WARMUP_S = 2.0  # after the last background starts, before the window
 SERVER_START_TIMEOUT_S = 30.0
 SERVER_STOP_TIMEOUT_S = 30.0
 
-# The break rule. A step breaks on the first of these that holds.
+# The break rule (BREAK_RULE below says how they combine).
 MAX_GAP_P99_MS = 25.0
 MAX_LATENCY_P99_MS = 250.0
 MAX_WEBHOOK_P99_MS = 2000.0
@@ -189,6 +189,12 @@ def cpu_seconds(procs: list[psutil.Process], *, kernel_only: bool = False) -> fl
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have exited (the tone injector)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def thread_cpu_seconds(native_id: int | None) -> float:
@@ -447,8 +453,7 @@ def _run_step(res: StepResult, n: int, seconds: float, repo: Path, pin: bool, se
             telnyx.webhook_url = f"{server.url}/webhooks/voice"
             playing = set_up(res, n, telnyx, server, http)
             if playing is not None:
-                window = measure(res, seconds, telnyx, server, http, playing, random.Random(seed + n),
-                                 1 if pin else None)
+                window = measure(res, seconds, telnyx, server, http, playing, random.Random(seed + n))
             hooks = list(timer.samples)  # set-up and window only, not the teardown below
         finally:
             # The server goes first: it ends every call and closes its sockets, so the simulator
@@ -515,45 +520,53 @@ def set_up(res: StepResult, n: int, telnyx: FakeTelnyx, server: Server, http: ht
     return playing
 
 
-def start_injector(plan: dict[str, Any], cpu: int | None) -> subprocess.Popen[str]:
-    """bench/tone_injector.py with `plan`, on `cpu`; it waits for plan["start_at"] to begin."""
-    def pin() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
+def start_injector(plan: dict[str, Any]) -> subprocess.Popen[str]:
+    """bench/tone_injector.py with `plan`, on this process's core; it waits for go() to begin."""
     return subprocess.Popen([sys.executable, str(ROOT / "bench" / "tone_injector.py"), json.dumps(plan)],
-                            stdout=subprocess.PIPE, text=True, preexec_fn=pin)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def go(injector: subprocess.Popen[str]) -> float:
+    """Start the injector's schedule now; returns its start (time.monotonic())."""
+    assert injector.stdin is not None
+    start = time.monotonic()
+    injector.stdin.write(f"{start!r}\n")
+    injector.stdin.flush()
+    return start
 
 
 def injector_results(proc: subprocess.Popen[str], timeout_s: float) -> list[tuple[str, float, int | None]]:
     """The tones the injector sent, when, and their answers; it is killed if it overstays."""
     try:
         out, _ = proc.communicate(timeout=timeout_s)
+        sent = json.loads(out) if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        raise RuntimeError(f"tone injector failed: {exc}") from exc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if proc.returncode != 0:
+    if sent is None:
         raise RuntimeError(f"tone injector exited with {proc.returncode}")
-    return [(call_id, t_req, status) for call_id, t_req, status in json.loads(out)]
+    return [(call_id, t_req, status) for call_id, t_req, status in sent]
 
 
 def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server, http: httpx.Client,
-            playing: list[SimCall], rng: random.Random, cpu: int | None) -> Window:
+            playing: list[SimCall], rng: random.Random) -> Window:
     """The measured window: a tone into a random call every 100 ms (from bench/tone_injector.py,
     on the generator's core); CPU, RSS and loop lag around it."""
     rss_base = int((res.rss_base_mb or 0) * 2**20)
     tones: list[tuple[SimCall, float]] = []
     # The injector starts up (a second of its core, at most) before the window, not in it.
-    start_at = time.monotonic() + INJECTOR_START_S
     plan = {"url": server.url, "calls": [c.call_control_id for c in playing], "seconds": seconds,
-            "start_at": start_at, "interval_s": TONE_INTERVAL_S,
+            "interval_s": TONE_INTERVAL_S,
             # A call gets no second tone while its first may still be playing or on its way.
             "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2), "seed": rng.randrange(1 << 30),
             "body": {"tone": {"frequency_hz": TONE_HZ, "duration_ms": TONE_MS, "level_dbfs": TONE_LEVEL_DBFS}}}
-    injector = start_injector(plan, cpu)
+    injector = start_injector(plan)
+    children0 = children_cpu_seconds()
     try:
-        time.sleep(max(0.0, start_at - 0.05 - time.monotonic()))
+        time.sleep(INJECTOR_START_S)
         probe = LoopLagProbe(telnyx, seconds + 5)
         loop_tid = media_loop_native_id()
         late0 = telnyx.engine.late_ticks
@@ -561,8 +574,7 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
         srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
         sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
         counters0 = server.counters(http)
-        time.sleep(max(0.0, start_at - time.monotonic()))
-        w0 = time.monotonic()
+        w0 = go(injector)
     except BaseException:  # no tones into a window that is not measured
         injector.kill()
         injector.wait()
@@ -588,7 +600,8 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     if "mixer_frames_skipped_total" in delta:
         res.server_skipped_ticks = int(delta["mixer_frames_skipped_total"])
     server_cpu = 100 * (cpu_seconds(server.procs()) - srv0) / res.window_s
-    gen_cpu = 100 * (cpu_seconds([me]) - gen0) / res.window_s
+    # The injector has exited by now, so its CPU time is among this process's children's.
+    gen_cpu = 100 * (cpu_seconds([me]) - gen0 + children_cpu_seconds() - children0) / res.window_s
     res.server_cpu_pct, res.gen_cpu_pct = server_cpu, gen_cpu
     res.server_sys_pct = 100 * (cpu_seconds(server.procs(), kernel_only=True) - sys0) / res.window_s
     res.steal_pct = 100 * (steal_seconds() - steal0) / res.window_s
@@ -693,8 +706,8 @@ def judge(res: StepResult) -> None:
         r.append(f"the server's own clock fell behind ({_fmt(res.server_fps_per_call)} frames/s per call, "
                  f"{res.server_skipped_ticks} ticks skipped)")
     # An overloaded generator stamps nothing early (arrivals carry the kernel's receive time,
-    # at worst that of a later frame read together) and sends no tone late (its own process),
-    # so it can only make a step look worse than it was.
+    # at worst that of a later frame read together), and it can only delay a tone after its
+    # stamp (the injector shares its core, not its GIL): it can only make a step look worse.
     if r:
         res.verdict = "BREAK+GEN" if server_behind and gen else "GEN-BOUND" if gen else "BREAK"
     r.extend(gen)
@@ -747,7 +760,7 @@ def print_table(results: list[StepResult]) -> None:
           "KB/idle, KB/play = server RSS per call;\n sys% = the kernel's part of srv CPU%; srv late = the server's own "
           "media clock ticks late/skipped in the window (its /metrics);\n"
           " fps srv/rx = frames per call per second the server sent (its /metrics) / the simulator read;\n"
-          " gen = this load generator, loop% = its media loop thread, "
+          " gen = this load generator (and its tone injector), loop% = its media loop thread, "
           "lag = how late that loop wakes,\n other% = CPU used on the machine by anything else: "
           "above a few % the step shared its cores;\n steal% = of it, time other guests of the host "
           "took from this VM)")

@@ -1,20 +1,21 @@
 """bench_load's tone injections, sent from a process of their own.
 
-    python bench/tone_injector.py PLAN_JSON > sent.json
+    python bench/tone_injector.py PLAN_JSON > sent.json   # then the start time on stdin
 
 In the load generator's process, the thread sending the tones shares one GIL with the
 simulator's media loop, which at hundreds of calls keeps it almost all the time: the request
 would wait there for milliseconds to tens of milliseconds before it even left, and the
 inject-to-first-audio latency measured from "just before the request" would be mostly that
-wait. Here nothing else runs, so the stamp taken just before the request is written is when
-it left.
+wait. Here no other thread holds a GIL it needs. It still shares a core with the generator, so
+it may be preempted between its stamp and the write, which can only make a latency longer.
 
 The plan (JSON, the one argument): {"url", "calls": [call_control_id, ...], "seconds",
-"start_at", "interval_s", "quiet_s", "seed", "body"}. From start_at (time.monotonic()), every
-interval one call is picked at random among those that got no tone in the last quiet_s, and
-`body` is POSTed to its /streams/<id>/inject. Printed (JSON on stdout): [[call_control_id,
-time.monotonic() before the request, HTTP status or null], ...]. CLOCK_MONOTONIC is the
-machine's, so the stamps compare with the simulator's.
+"interval_s", "quiet_s", "seed", "body"}. Once started up, the injector reads its start time
+(time.monotonic()) as a line on stdin; from then on, every interval one call is picked at
+random among those that got no tone in the last quiet_s, and `body` is POSTed to its
+/streams/<id>/inject. Printed (JSON on stdout): [[call_control_id, time.monotonic() before the
+request, HTTP status or null], ...]. CLOCK_MONOTONIC is the machine's, so the stamps compare
+with the simulator's.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def run(plan: dict[str, Any]) -> list[tuple[str, float, int | None]]:
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
     last = dict.fromkeys(calls, -1e9)
     sent: list[tuple[str, float, int | None]] = []
-    start = plan["start_at"]
     conn.connect()
+    start = float(sys.stdin.readline())
     for k in range(int(seconds / interval)):
         due = start + k * interval
         now = time.monotonic()
