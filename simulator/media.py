@@ -351,7 +351,8 @@ class StreamState:
 
 # Encoded caller audio is shared by every call using the same CallerAudio instance, with the
 # base64 of the frames sent so far (by byte offset): every call, and every pass of a loop,
-# sends the same ones.
+# sends the same ones. The base64 dicts are filled from every engine's loop thread without a
+# lock: a dict item assignment is atomic, and two threads can only store the same text.
 _ENCODED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int, str], tuple[bytes, dict[int, str]]]] = (
     weakref.WeakKeyDictionary())
 _ENCODED_LOCK = threading.Lock()

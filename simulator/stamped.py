@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def _enable_stamps(sock: socket.socket) -> bool:
     return True
 
 
+P = TypeVar("P", bound=StampedProtocol)
+
+
 class StampedTransport(asyncio.Transport):
     """The transport of one connected, non-blocking TCP socket. Loop thread only.
 
@@ -74,13 +77,13 @@ class StampedTransport(asyncio.Transport):
         self._fd = sock.fileno()
         self._protocol = protocol
         self._wbuf = bytearray()
-        self._closing = False  # close() or abort() was called, or the peer ended the stream
+        self._closing = False  # close() or abort() was called, or the connection failed
         self._lost = False  # connection_lost is scheduled
         self._reading = True
         sock.setblocking(False)
         self.stamped = _enable_stamps(sock)
         protocol.connection_made(self)
-        if not self._lost:
+        if self._reading:  # connection_made may have closed it already
             loop.add_reader(self._fd, self._on_readable)
 
     # ---- asyncio.Transport -----------------------------------------------------------------
@@ -148,14 +151,22 @@ class StampedTransport(asyncio.Transport):
         if data:
             if ancillary:  # the one control message asked for: the newest packet's wall-clock stamp
                 sec, nsec = _TIMESPEC.unpack_from(ancillary[0][2])
-                # Its age, on the wall clock, taken from now on the monotonic one.
-                received_at = time.monotonic() - (time.time() - (sec + nsec * 1e-9))
+                # Its age on the wall clock, taken from now on the monotonic one. The wall clock
+                # is read first: a pause between the two reads makes the result later, not earlier.
+                received_at = sec + nsec * 1e-9 - time.time() + time.monotonic()
             else:
                 received_at = time.monotonic()
-            self._protocol.data_received_at(data, received_at)
+            try:
+                self._protocol.data_received_at(data, received_at)
+            except Exception as exc:
+                self._protocol_failed(exc)
             return
         self._stop_reading()
-        keep_open = self._protocol.eof_received()
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._protocol_failed(exc)
+            return
         if not keep_open:
             self.close()
 
@@ -179,10 +190,15 @@ class StampedTransport(asyncio.Transport):
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    def _fatal(self, exc: OSError) -> None:
+    def _fatal(self, exc: Exception) -> None:
         logger.debug("connection %d failed: %s", self._fd, exc)
         self._closing = True
         self._finish(exc)
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        # As asyncio's transports do: a protocol that cannot take its input ends the connection.
+        logger.exception("connection %d: the protocol failed on its input", self._fd)
+        self._fatal(exc)
 
     def _finish(self, exc: Exception | None) -> None:
         if self._lost:
@@ -201,14 +217,11 @@ class StampedTransport(asyncio.Transport):
             self._sock.close()
 
 
-async def connect(host: str, port: int, protocol_factory: Callable[[], StampedProtocol]) -> StampedProtocol:
+async def connect(host: str, port: int, protocol_factory: Callable[[], P]) -> P:
     """Connect to host:port (each resolved address in turn) and run the protocol on it."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"cannot resolve {host}")
     error: OSError | None = None
-    for family, kind, proto, _name, address in infos:
+    for family, kind, proto, _name, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
@@ -221,8 +234,12 @@ async def connect(host: str, port: int, protocol_factory: Callable[[], StampedPr
         except BaseException:  # cancelled or timed out: no half-open socket stays behind
             sock.close()
             raise
-        protocol = protocol_factory()
-        StampedTransport(loop, sock, protocol)
+        try:
+            protocol = protocol_factory()
+            StampedTransport(loop, sock, protocol)
+        except BaseException:
+            sock.close()
+            raise
         return protocol
-    assert error is not None
+    assert error is not None  # getaddrinfo raises rather than return nothing
     raise error

@@ -24,6 +24,7 @@ import logging
 import os
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,10 +56,10 @@ CLOSE_TOO_BIG = 1009
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
-
-class _MaskKeys:
+class _MaskKeys(threading.local):
     """Fresh masking keys from the OS's CSPRNG (RFC 6455 5.3 asks for a strong source), read
-    4 KiB at a time: one getrandom() per thousand frames instead of one per frame."""
+    4 KiB at a time: one getrandom() per thousand frames instead of one per frame. A pool per
+    thread: every MediaEngine (one per FakeTelnyx) has its own loop thread."""
 
     def __init__(self) -> None:
         self._pool = b""
@@ -72,7 +73,7 @@ class _MaskKeys:
         return self._pool[pos:pos + 4]
 
 
-_mask_keys = _MaskKeys()  # used from the simulator's one event-loop thread
+_mask_keys = _MaskKeys()
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 
@@ -516,7 +517,7 @@ async def open_socket(url: str, headers: dict[str, str], *, max_size: int, open_
 
     async with asyncio.timeout(open_timeout):
         if context is None:
-            client = cast(WebSocketClient, await stamped.connect(target.host, target.port, factory))
+            client = await stamped.connect(target.host, target.port, factory)
         else:
             _, client = await loop.create_connection(factory, target.host, target.port, ssl=context)
         try:

@@ -62,7 +62,7 @@ def test_calls_end_at_the_time_limit(receiver):
         assert hangup["hangup_cause"] == "time_limit"
 
 
-def test_streams_are_ticked_at_their_own_offset_until_they_leave():
+def test_streams_are_spread_over_the_send_offsets_and_leave_them():
     class Stream:
         phase = -1
 
