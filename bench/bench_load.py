@@ -526,6 +526,13 @@ def start_injector(plan: dict[str, Any]) -> subprocess.Popen[str]:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
+def counters_at(server: Server, http: httpx.Client) -> tuple[dict[str, float], float]:
+    """The server's /metrics counters, and about when it read them: the middle of the request."""
+    t0 = time.monotonic()
+    counters = server.counters(http)
+    return counters, (t0 + time.monotonic()) / 2
+
+
 def go(injector: subprocess.Popen[str]) -> float:
     """Start the injector's schedule now; returns its start (time.monotonic())."""
     assert injector.stdin is not None
@@ -569,11 +576,13 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
         time.sleep(INJECTOR_START_S)
         probe = LoopLagProbe(telnyx, seconds + 5)
         loop_tid = media_loop_native_id()
+        # /metrics can take a second at high N: read it before the CPU counters, which are
+        # read last, right at the window's edge.
+        counters0, counters0_at = counters_at(server, http)
         late0 = telnyx.engine.late_ticks
         me = psutil.Process()
         srv0, gen0, loop0 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
         sys0, busy0, steal0 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
-        counters0 = server.counters(http)
         w0 = go(injector)
     except BaseException:  # no tones into a window that is not measured
         injector.kill()
@@ -591,23 +600,25 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     if rest > 0:
         time.sleep(rest)
     w1 = time.monotonic()
-    res.window_s = w1 - w0
-    delta = {name: value - counters0.get(name, 0) for name, value in server.counters(http).items()}
+    res.window_s = w = w1 - w0
+    srv1, gen1, loop1 = cpu_seconds(server.procs()), cpu_seconds([me]), thread_cpu_seconds(loop_tid)
+    sys1, busy1, steal1 = cpu_seconds(server.procs(), kernel_only=True), machine_busy_seconds(), steal_seconds()
+    # The injector has exited by now, so its CPU time is among this process's children's.
+    gen1 += children_cpu_seconds() - children0
+    res.gen_late_ticks = telnyx.engine.late_ticks - late0
+    res.server_cpu_pct, res.gen_cpu_pct = 100 * (srv1 - srv0) / w, 100 * (gen1 - gen0) / w
+    res.server_sys_pct = 100 * (sys1 - sys0) / w
+    res.steal_pct = 100 * (steal1 - steal0) / w
+    res.other_cpu_pct = max(0.0, 100 * (busy1 - busy0) / w - res.server_cpu_pct - res.gen_cpu_pct)
+    res.gen_loop_cpu_pct = 100 * (loop1 - loop0) / w
+    counters1, counters1_at = counters_at(server, http)
+    delta = {name: value - counters0.get(name, 0) for name, value in counters1.items()}
     if "mixer_frames_sent_total" in delta:
-        res.server_fps_per_call = delta["mixer_frames_sent_total"] / len(playing) / res.window_s
+        res.server_fps_per_call = delta["mixer_frames_sent_total"] / len(playing) / (counters1_at - counters0_at)
     if "mixer_frames_late_total" in delta:
         res.server_late_ticks = int(delta["mixer_frames_late_total"])
     if "mixer_frames_skipped_total" in delta:
         res.server_skipped_ticks = int(delta["mixer_frames_skipped_total"])
-    server_cpu = 100 * (cpu_seconds(server.procs()) - srv0) / res.window_s
-    # The injector has exited by now, so its CPU time is among this process's children's.
-    gen_cpu = 100 * (cpu_seconds([me]) - gen0 + children_cpu_seconds() - children0) / res.window_s
-    res.server_cpu_pct, res.gen_cpu_pct = server_cpu, gen_cpu
-    res.server_sys_pct = 100 * (cpu_seconds(server.procs(), kernel_only=True) - sys0) / res.window_s
-    res.steal_pct = 100 * (steal_seconds() - steal0) / res.window_s
-    res.other_cpu_pct = max(0.0, 100 * (machine_busy_seconds() - busy0) / res.window_s - server_cpu - gen_cpu)
-    res.gen_loop_cpu_pct = 100 * (thread_cpu_seconds(loop_tid) - loop0) / res.window_s
-    res.gen_late_ticks = telnyx.engine.late_ticks - late0
     lags = probe.stop()
     res.gen_lag_p99_ms = _ms(pct(lags, 99))
     res.gen_lag_max_ms = _ms(max(lags) if lags else None)
