@@ -93,10 +93,13 @@ class MediaClock:
             self._pacer.restart(now)
         return self._pacer.next_deadline
 
-    def run_due(self, now: float) -> None:
-        """Tick if a tick is due at `now` (call after next_deadline)."""
-        if not self._idle and now >= self._pacer.next_deadline and not self._pacer.fire(now):
+    def run_due(self, now: float) -> bool:
+        """Tick if a tick is due at `now` (call after next_deadline); False if none was."""
+        if self._idle or now < self._pacer.next_deadline:
+            return False
+        if not self._pacer.fire(now):
             self._idle = True
+        return True
 
     def _run(self) -> None:
         try:

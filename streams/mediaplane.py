@@ -8,6 +8,10 @@ peeked at and handed, unconsumed, to werkzeug on a small thread pool (mediaplane
 Threads:
 - the loop thread reads, parses and dispatches frames, and calls Handler methods; they must
   return quickly. Between socket events it also runs the Timer (the media clock) when due.
+  The listener, the connections still being routed and the wake-up socket sit on a selector
+  of their own, polled again after every timer run: when the clock's ticks take most of the
+  loop's time, a request or a handshake is served after the tick it arrived in, not behind
+  every media socket that is readable too.
 - any thread may call Connection.send_text/close. A send frames the message and
   writes it straight to the non-blocking socket under the connection's lock; only what the
   kernel does not take is buffered, and only then is the loop woken to watch for writability.
@@ -71,8 +75,8 @@ class Timer(Protocol):
     def next_deadline(self, now: float) -> float | None:
         """Monotonic time of the next run (maybe past), or None for nothing scheduled."""
 
-    def run_due(self, now: float) -> None:
-        """Run what is due at `now`."""
+    def run_due(self, now: float) -> bool:
+        """Run what is due at `now`; False when nothing was."""
 
 
 class Connection:
@@ -453,6 +457,8 @@ class FrontDoor:
         self._http = HttpPool(wsgi_app, host, self.port, workers=http_workers, timeout_s=http_timeout_s) \
             if wsgi_app is not None else None
         self._selector = selectors.DefaultSelector()
+        # The listener, pending connections and the wake-up socket (see the module docstring).
+        self._control = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -565,8 +571,9 @@ class FrontDoor:
 
     def _run(self) -> None:
         sel = self._selector
-        sel.register(self._listener, _READ, self._on_acceptable)
-        sel.register(self._wake_r, _READ, None)
+        self._control.register(self._listener, _READ, self._on_acceptable)
+        self._control.register(self._wake_r, _READ, None)
+        sel.register(self._control, _READ, self._poll_control)
         next_sweep = time.monotonic() + _SWEEP_S
         timer = self._timer
         try:
@@ -583,12 +590,8 @@ class FrontDoor:
                 # inbound ones can wait a moment (hundreds may be ready at once).
                 due = self._run_timer(now)
                 for key, mask in events:
-                    callback = key.data
                     try:
-                        if callback is None:
-                            self._drain_inbox()
-                        else:
-                            callback(mask)
+                        key.data(mask)
                     except Exception:
                         # A bug on one socket must not take every call down with the loop.
                         logger.exception("media plane: event handling failed for %r", key.fileobj)
@@ -604,7 +607,7 @@ class FrontDoor:
                     self._sweep(now)
                     if self._accept_paused:
                         self._accept_paused = False
-                        sel.register(self._listener, _READ, self._on_acceptable)
+                        self._control.register(self._listener, _READ, self._on_acceptable)
             self._shutdown()
         except Exception:
             logger.exception("media plane loop crashed")
@@ -613,19 +616,36 @@ class FrontDoor:
             self._close_resources()
 
     def _run_timer(self, now: float) -> float | None:
-        """Run what the timer has due; return when it is due next."""
+        """Run what the timer has due, then what arrived on the control selector meanwhile;
+        return when the timer is due next."""
         timer = self._timer
         if timer is None:
             return None
         try:
-            timer.run_due(now)
-            return timer.next_deadline(now)
+            ran = timer.run_due(now)
+            due = timer.next_deadline(now)
         except Exception:
             logger.exception("media plane: timer failed")
             return None
+        if ran:
+            self._poll_control()
+        return due
+
+    def _poll_control(self, _events: int = 0) -> None:
+        """Accept, route and handshake whatever is ready now, and empty the inbox."""
+        for key, mask in self._control.select(0):
+            callback = key.data
+            try:
+                if callback is None:
+                    self._drain_inbox()
+                else:
+                    callback(mask)
+            except Exception:
+                logger.exception("media plane: event handling failed for %r", key.fileobj)
 
     def _close_resources(self) -> None:
         self._selector.close()
+        self._control.close()
         self._listener.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -693,7 +713,7 @@ class FrontDoor:
         """Runs in the loop thread on stop: 1001 to everyone, a bounded wait for the echoes."""
         with contextlib.suppress(KeyError, ValueError):
             if not self._accept_paused:
-                self._selector.unregister(self._listener)
+                self._control.unregister(self._listener)
         self._listener.close()
         for fd, pending in list(self._pending.items()):
             self._drop_pending(fd, pending)
@@ -705,11 +725,7 @@ class FrontDoor:
             if remaining <= 0:
                 break
             for key, mask in self._selector.select(min(remaining, 0.1)):
-                callback = key.data
-                if callback is None:
-                    self._drain_inbox()
-                elif callback != self._on_acceptable:
-                    callback(mask)
+                key.data(mask)  # the connections, and _poll_control: only the inbox is left on it
             self._now = time.monotonic()
         for conn in list(self._conns.values()):
             self._teardown(conn)
@@ -728,7 +744,7 @@ class FrontDoor:
                     # The listener stays readable, so keep it out of the selector until the
                     # next sweep instead of spinning on it.
                     logger.error("accept failed, pausing for a second: %s", exc)
-                    self._selector.unregister(self._listener)
+                    self._control.unregister(self._listener)
                     self._accept_paused = True
                     return
                 logger.debug("accept failed: %s", exc)  # e.g. a client reset before we got to it
@@ -741,7 +757,9 @@ class FrontDoor:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
             pending = _Pending(sock, addr, self._now + self.handshake_timeout_s)
             self._pending[sock.fileno()] = pending
-            self._selector.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
+            self._control.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
+            # A busy loop accepts late, and the request is usually in by then: route it now.
+            self._on_pending(pending)
 
     def _on_pending(self, pending: _Pending) -> None:
         if pending.reading:
@@ -765,17 +783,17 @@ class FrontDoor:
             if registered:
                 # Level-triggered readiness would fire again at once for bytes we leave in
                 # place, so re-peek on a short timer instead (rare: a request line split in TCP).
-                self._selector.unregister(sock)
+                self._control.unregister(sock)
                 self._undecided.append(pending)
             return
         if not registered:
             self._undecided.remove(pending)
-            self._selector.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
+            self._control.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
         if kind == wire.WEBSOCKET:
             pending.reading = True
             self._read_head(pending)
             return
-        self._selector.unregister(sock)
+        self._control.unregister(sock)
         del self._pending[sock.fileno()]
         if self._http is None:
             self._refuse(sock, wire.http_response("404 Not Found", "not found\n"))
@@ -794,7 +812,7 @@ class FrontDoor:
             self._undecided.remove(pending)
         else:
             with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(pending.sock)
+                self._control.unregister(pending.sock)
         pending.sock.close()
 
     def _refuse(self, sock: socket.socket, response: bytes) -> None:
@@ -846,7 +864,8 @@ class FrontDoor:
         conn.last_rx = self._now
         with self._stats_lock:
             self._conns[fd] = conn
-        self._selector.modify(sock, _READ, conn._on_event)
+        self._control.unregister(sock)
+        self._selector.register(sock, _READ, conn._on_event)
         with conn._lock:
             conn._write_locked(wire.switching_protocols(request.key))
         if rest:
@@ -857,5 +876,5 @@ class FrontDoor:
     def _drop_pending_with(self, fd: int, pending: _Pending, response: bytes) -> None:
         self._pending.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(pending.sock)
+            self._control.unregister(pending.sock)
         self._refuse(pending.sock, response)

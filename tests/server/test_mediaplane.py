@@ -28,8 +28,9 @@ WAIT_S = 5.0
 class Recorder:
     """A Handler that records everything and, by default, echoes text back."""
 
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, delay_s: float = 0.0) -> None:
         self.echo = echo
+        self.delay_s = delay_s  # how long each message takes to handle
         self.messages: list[str | bytes] = []
         self.closes: list[int | None] = []
         self.closed = threading.Event()
@@ -38,6 +39,8 @@ class Recorder:
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         self.conn = conn
+        if self.delay_s:
+            time.sleep(self.delay_s)
         self.messages.append(data)
         self.got_message.set()
         if data == "explode":
@@ -63,12 +66,13 @@ class Harness:
         self.handlers: list[Recorder] = []
         self.refuse = False
         self.echo = True
+        self.delay_s = 0.0
 
     def accept(self, path: str, query: str, headers: dict[str, str], remote: str) -> Recorder | None:
         self.accepted.append((path, query, headers, remote))
         if self.refuse:
             return None
-        handler = Recorder(echo=self.echo)
+        handler = Recorder(echo=self.echo, delay_s=self.delay_s)
         self.handlers.append(handler)
         return handler
 
@@ -537,6 +541,52 @@ def test_request_lines_split_across_packets_are_routed(plane: Harness, raw: Call
     time.sleep(0.05)
     ws.sock.sendall(head[8:])
     assert ws.recv_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+
+
+class SaturatedClock:
+    """A Timer due again after every socket event, as the media clock is at full load."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+    def next_deadline(self, now: float) -> float | None:
+        return now if self.running else None
+
+    def run_due(self, now: float) -> bool:
+        return self.running
+
+
+def test_a_request_is_served_between_ticks_not_behind_every_ready_socket(
+        make_door: Callable[..., Harness]) -> None:
+    clock = SaturatedClock()
+    plane = make_door(timer=clock)
+    plane.echo, plane.delay_s = False, 0.002
+    clients = [RawClient(plane.port).upgrade() for _ in range(20)]
+    try:
+        def handled() -> int:
+            return sum(len(h.messages) for h in plane.handlers)
+
+        clock.running = True
+        for client in clients:  # a backlog of 500 messages, a second of the loop's time
+            client.sock.sendall(b"".join(masked(wire.OP_TEXT, b"%d" % i) for i in range(25)))
+        deadline = time.monotonic() + WAIT_S
+        while handled() == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        before = handled()
+        http = RawClient(plane.port)
+        clients.append(http)
+        assert http.http(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").startswith("HTTP/1.1 200 ")
+        # Accepted and routed after the tick that follows the event in progress (25 messages
+        # per socket), not after every socket that was readable before it.
+        assert handled() - before < 150
+        deadline = time.monotonic() + WAIT_S
+        while handled() < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handled() == 500
+    finally:
+        clock.running = False
+        for client in clients:
+            client.close()
 
 
 def test_stop_closes_websockets_with_1001(plane: Harness) -> None:
