@@ -55,7 +55,7 @@ def levels_dbfs(pcm: np.ndarray, lengths: Sequence[int]) -> list[float]:
 
 
 class SpeechDetector:
-    """Energy detector with hysteresis and hold. Not thread-safe: the Mixer's lock guards it."""
+    """Energy detector with hysteresis and hold. Not thread-safe: it belongs to the mixing thread."""
 
     def __init__(self, config: DuckingConfig, sample_rate: int) -> None:
         self._on_db = config.threshold_dbfs

@@ -1,10 +1,11 @@
 """The mixer of one call: any number of sources summed into one frame at a time.
 
-Threads: REST threads call add / set_gain / stop / stop_all, the socket or clock thread feeds
-caller levels, and one mixing thread (the media clock) calls mix, or mix_into (or
-mix_unscaled_into) and then the limiter (50 times a second). One lock, `_lock`, guards the track table,
-the finished-track bookkeeping, the speech detector and the duck envelope; it is held for one
-frame's arithmetic only (microseconds). The limiter belongs to the mixing thread alone.
+Threads: REST threads call add / set_gain / stop / stop_all, and one mixing thread (the media
+clock) feeds the caller's levels (it measures them just before it mixes) and calls mix, or
+mix_into (or mix_unscaled_into) and then the limiter, 50 times a second. One lock, `_lock`,
+guards the track table, the finished-track bookkeeping and the duck envelope; it is held for one
+frame's arithmetic only (microseconds). The limiter and the speech detector belong to the mixing
+thread alone; other threads only read whether the caller is speaking.
 
 Click-freedom: every gain change is a ramp (set_gain over GAIN_RAMP_MS, stop over the track's
 fade-out or STOP_FADE_MS, ducking over attack/release), and a looping source crossfades its end
@@ -187,12 +188,12 @@ class Mixer:
         self._steps = np.arange(1, n + 1, dtype=np.float64)
         self._acc = np.zeros(n, dtype=np.float32)
         self._tmp = np.zeros(n, dtype=np.float32)
-        # Guards everything below.
+        # Guards the three below.
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {}
         self._finished_played: OrderedDict[str, int] = OrderedDict()
-        self._detector = SpeechDetector(ducking, geometry.sample_rate)
         self._duck = DuckEnvelope(ducking, geometry.sample_rate, n)
+        self._detector = SpeechDetector(ducking, geometry.sample_rate)  # the mixing thread's
         self.limiter = Limiter(limiter_threshold_dbfs, geometry.sample_rate)  # the mixing thread's
 
     # -- control (any thread) -------------------------------------------------------------------
@@ -258,15 +259,6 @@ class Mixer:
             track.stop = _Ramp(1.0)
         track.stop.glide(0.0, samples)
 
-    def feed_caller(self, pcm: np.ndarray) -> None:
-        """Inbound caller audio (int16 at the stream rate), for the ducking detector."""
-        self.feed_level(rms_dbfs(pcm), len(pcm))
-
-    def feed_level(self, level_dbfs: float, samples: int) -> None:
-        """The RMS level of `samples` of inbound caller audio (see ducking.levels_dbfs)."""
-        with self._lock:
-            self._detector.feed_level(level_dbfs, samples)
-
     # -- state (any thread) ---------------------------------------------------------------------
 
     def played_samples(self, key: str) -> int:
@@ -283,15 +275,22 @@ class Mixer:
 
     @property
     def caller_speaking(self) -> bool:
-        with self._lock:
-            return self._detector.speaking
+        return self._detector.speaking  # a bool the mixing thread sets: read without the lock
 
     @property
     def active_keys(self) -> list[str]:
         with self._lock:
             return list(self._tracks)
 
-    # -- the mixing thread (one thread only: the limiter is its own) ------------------------------
+    # -- the mixing thread (one thread only: the limiter and the speech detector are its own) -----
+
+    def feed_caller(self, pcm: np.ndarray) -> None:
+        """Inbound caller audio (int16 at the stream rate), for the ducking detector."""
+        self.feed_level(rms_dbfs(pcm), len(pcm))
+
+    def feed_level(self, level_dbfs: float, samples: int) -> None:
+        """The RMS level of `samples` of inbound caller audio (see ducking.levels_dbfs)."""
+        self._detector.feed_level(level_dbfs, samples)
 
     def mix(self) -> MixedFrame | None:
         """The next frame, or None when nothing plays (then no time passes for the sources)."""
@@ -344,7 +343,7 @@ class Mixer:
                         # acc = seg * gain equals 0 + seg * gain up to the sign of zero, which
                         # the int16 conversion erases: the output stays bit-exact.
                         if isinstance(gain, float) and (gain == 1.0 or alone):
-                            np.copyto(acc, seg)
+                            acc[...] = seg  # np.copyto costs twice as much on a frame this size
                             later = gain
                         else:
                             np.multiply(seg, np.float32(gain) if isinstance(gain, float) else gain, out=acc)
