@@ -343,7 +343,7 @@ class Mixer:
                         # acc = seg * gain equals 0 + seg * gain up to the sign of zero, which
                         # the int16 conversion erases: the output stays bit-exact.
                         if isinstance(gain, float) and (gain == 1.0 or alone):
-                            acc[...] = seg  # np.copyto costs twice as much on a frame this size
+                            acc[...] = seg  # np.copyto cost ~1 µs more on 160 samples (timed by hand)
                             later = gain
                         else:
                             np.multiply(seg, np.float32(gain) if isinstance(gain, float) else gain, out=acc)

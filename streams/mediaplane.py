@@ -9,8 +9,8 @@ Threads:
 - the loop thread reads, parses and dispatches frames, and calls Handler methods; they must
   return quickly. Between socket events it also runs the Timer (the media clock) when due.
   The listener, the connections still being routed and the wake-up socket sit on a selector
-  of their own, polled again after every timer run: when the clock's ticks take most of the
-  loop's time, a request or a handshake is served after the tick it arrived in, not behind
+  of their own, polled again after every tick of the timer: when the clock's ticks take most
+  of the loop's time, a request or a handshake is served after the next tick, not behind
   every media socket that is readable too.
 - any thread may call Connection.send_text/close. A send frames the message and
   writes it straight to the non-blocking socket under the connection's lock; only what the
@@ -616,23 +616,28 @@ class FrontDoor:
             self._close_resources()
 
     def _run_timer(self, now: float) -> float | None:
-        """Run what the timer has due, then what arrived on the control selector meanwhile;
-        return when the timer is due next."""
+        """Run what the timer has due and, if it ran, what arrived on the control selector
+        meanwhile; return when the timer is due next."""
         timer = self._timer
         if timer is None:
             return None
         try:
             ran = timer.run_due(now)
-            due = timer.next_deadline(now)
         except Exception:
             logger.exception("media plane: timer failed")
             return None
         if ran:
-            self._poll_control()
-        return due
+            self._poll_control()  # first: a call it starts may wake an idle clock
+        try:
+            return timer.next_deadline(now)
+        except Exception:
+            logger.exception("media plane: timer failed")
+            return None
 
     def _poll_control(self, _events: int = 0) -> None:
         """Accept, route and handshake whatever is ready now, and empty the inbox."""
+        if self._undecided:
+            self._repeek()
         for key, mask in self._control.select(0):
             callback = key.data
             try:
@@ -755,11 +760,17 @@ class FrontDoor:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.send_buffer_bytes:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
+            fd = sock.fileno()
             pending = _Pending(sock, addr, self._now + self.handshake_timeout_s)
-            self._pending[sock.fileno()] = pending
+            self._pending[fd] = pending
             self._control.register(sock, _READ, lambda ev, p=pending: self._on_pending(p))
             # A busy loop accepts late, and the request is usually in by then: route it now.
-            self._on_pending(pending)
+            try:
+                self._on_pending(pending)
+            except Exception:  # this connection only; the rest of the batch is still accepted
+                logger.exception("media plane: routing a new connection from %s failed", addr)
+                if self._pending.get(fd) is pending:  # not handed on already
+                    self._drop_pending(fd, pending)
 
     def _on_pending(self, pending: _Pending) -> None:
         if pending.reading:

@@ -110,17 +110,18 @@ def test_a_loop_drives_the_clock_on_absolute_deadlines_with_the_lead_first() -> 
     call = Call("a", "PCMU", 8000)
     clock.add(call)  # type: ignore[arg-type]
     assert pokes and clock.next_deadline(Clock.now) == Clock.now
-    clock.run_due(Clock.now)
+    assert clock.run_due(Clock.now)
     assert len(call.sent) == 4  # the frame due now and 60 ms of lead
-    clock.run_due(Clock.now + 0.019)
+    assert not clock.run_due(Clock.now + 0.019)  # no tick due: it says so
     assert len(call.sent) == 4
     assert clock.next_deadline(Clock.now + 0.019) == pytest.approx(Clock.now + 0.02)
     for k in range(1, 51):
         clock.run_due(Clock.now + k * 0.02 + 0.001)
     assert len(call.sent) == 54 and clock.stats.skipped == 0
     clock.remove(call)  # type: ignore[arg-type]
-    clock.run_due(Clock.now + 51 * 0.02)  # nothing plays: the clock goes idle until poked
+    assert clock.run_due(Clock.now + 51 * 0.02)  # nothing plays: the clock goes idle until poked
     assert clock.next_deadline(Clock.now + 52 * 0.02) is None
+    assert not clock.run_due(Clock.now + 53 * 0.02)
 
 
 class Exploding(Call):
