@@ -622,13 +622,8 @@ class FrontDoor:
         if timer is None:
             return None
         try:
-            ran = timer.run_due(now)
-        except Exception:
-            logger.exception("media plane: timer failed")
-            return None
-        if ran:
-            self._poll_control()  # first: a call it starts may wake an idle clock
-        try:
+            if timer.run_due(now):
+                self._poll_control()  # first: a call it starts may wake an idle clock
             return timer.next_deadline(now)
         except Exception:
             logger.exception("media plane: timer failed")
