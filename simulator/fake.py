@@ -66,9 +66,10 @@ class SimCall:
         self.identity = CallIdentity(user_id=fake.user_id, call_control_id=self.call_control_id,
                                      call_session_id=self.call_session_id, from_=from_, to=to, tags=tags)
         self.media = StreamState()
-        self._lock = threading.Lock()  # guards state, stream, stream_params, streaming_status
+        self._lock = threading.Lock()  # guards state, stream, stream_params, streaming_status, stream_started
         self.state = "parked"  # parked -> answered -> ended
         self.streaming_status = "none"  # connecting | streaming | failed | stopped | dropped | closed_by_app
+        self.stream_started = False  # `start` went out on the current socket (which may have closed since)
         self.stream: MediaStream | None = None
         self.stream_params: StreamParams | None = None
         self.stream_id: str | None = None
@@ -87,10 +88,14 @@ class SimCall:
         self._wait(lambda: self.state == state, timeout, f"state {state!r}")
 
     def wait_streaming(self, timeout: float = 5.0) -> str:
-        """Block until `start` has been sent on the current socket; returns the stream_id."""
-        self._wait(lambda: self.streaming_status in ("streaming", "failed") or self.state == "ended",
+        """Block until `start` has been sent on the current socket; returns the stream_id.
+
+        Waits on `stream_started`, not on the status: an app that closes right after `start`
+        moves the status on to "closed_by_app" before a waiter may have looked.
+        """
+        self._wait(lambda: self.stream_started or self.streaming_status == "failed" or self.state == "ended",
                    timeout, "streaming")
-        if self.streaming_status != "streaming" or self.stream_id is None:
+        if not self.stream_started or self.stream_id is None:
             raise RuntimeError(f"{self.call_control_id}: streaming did not start ({self.streaming_status})")
         return self.stream_id
 
@@ -205,6 +210,7 @@ class SimCall:
             params, stream_id, old = self.stream_params, self.stream_id, self.stream
             if params is None or stream_id is None or self.state == "ended":
                 raise RuntimeError("nothing to reconnect")
+            self.stream_started = False
         self._fake.engine.submit(self._fake._restart(self, old, params, stream_id, webhook=False)).result(timeout)
         return self.wait_streaming(timeout)
 
@@ -459,6 +465,7 @@ class FakeTelnyx:
             old = call.stream
             call.stream_params, call.stream_id = params, stream_id
             call.streaming_status = "connecting"
+            call.stream_started = False
         self.engine.spawn(self._restart(call, old, params, stream_id, webhook=True))
 
     def _stop_stream(self, call: SimCall, body: dict[str, Any]) -> None:
@@ -505,6 +512,8 @@ class FakeTelnyx:
 
         def streaming(s: MediaStream) -> None:
             # Called as `start` goes out, so an app that closes at once is seen closing after it.
+            with call._lock:
+                call.stream_started = True
             call._set_status("streaming")
 
         stream = MediaStream(self.engine, call.identity, params, stream_id, call.caller_audio, call.media,

@@ -214,6 +214,22 @@ def test_app_closing_the_socket_is_recorded(fake, client, receiver):
         server.close()
 
 
+def test_waiting_for_start_after_the_app_has_closed_still_sees_it(fake, client, receiver):
+    # The app closes right after `start`; a waiter that looks only then must still see that
+    # `start` went out, not wait for a "streaming" status that has come and gone.
+    server = StreamServer(reject_token="right")
+    try:
+        call = fake.place_call()
+        client.calls.actions.answer(call.call_control_id)
+        client.calls.actions.start_streaming(call.call_control_id,
+                                             **rtp_params(server.url, stream_auth_token="wrong"))
+        call.wait_status("closed_by_app")
+        assert call.wait_streaming(timeout=1.0) == call.stream_id
+        assert call.streaming_status == "closed_by_app"
+    finally:
+        server.close()
+
+
 def test_heard_audio_saves_as_wav(fake, client, stream_server, tmp_path):
     call = streaming_call(fake, client, stream_server.url)
     stream_server.send(media(tone_pcm(100)))
