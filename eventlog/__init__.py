@@ -87,8 +87,9 @@ class EventLog:
         self._queue.append(_CallUpsert(call_control_id, stream_id, status, _dumps(view), utc_now()))
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is committed."""
-        if not self._thread.is_alive():
+        """Wait until everything queued so far is committed; False at once while writes fail
+        (readers flush for read-your-writes, and a failing disk should not also make them wait)."""
+        if not self._thread.is_alive() or self.last_error is not None:
             return False
         marker = _Flush(threading.Event())
         self._queue.append(marker)
@@ -199,17 +200,18 @@ class EventLog:
                 items.append(pending.popleft())
             flushes = [i for i in items if isinstance(i, _Flush)]
             stopping = any(i is None for i in items)
-            self._write(db, items)
-            for f in flushes:
-                f.done.set()
+            if self._write(db, items):
+                for f in flushes:
+                    f.done.set()
         db.close()
 
-    def _write(self, db: sqlite3.Connection, items: list[Any]) -> None:
+    def _write(self, db: sqlite3.Connection, items: list[Any]) -> bool:
+        """Commit the batch; on failure put it back (flush markers too: nothing was committed)."""
         events = [(i.at, i.call_control_id, i.event, i.data) for i in items if isinstance(i, _Event)]
         calls = [(i.call_control_id, i.stream_id, i.status, i.data, i.at, i.at)
                  for i in items if isinstance(i, _CallUpsert)]
         if not events and not calls:
-            return
+            return True
         try:
             with db:
                 db.executemany("INSERT INTO events (at, call_control_id, event, data) VALUES (?, ?, ?, ?)",
@@ -222,12 +224,14 @@ class EventLog:
                     calls,
                 )
             self.last_error = None
+            return True
         except sqlite3.Error as exc:
             # Keep serving calls; /health turns degraded and the rows are kept for the next try.
             self.last_error = str(exc)
             logger.error("event log write failed (%d rows kept for retry): %s", len(events) + len(calls), exc)
-            self._queue.extendleft(reversed([i for i in items if isinstance(i, _Event | _CallUpsert)]))
+            self._queue.extendleft(reversed([i for i in items if i is not None]))
             threading.Event().wait(0.5)
+            return False
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 import sqlite3
 
 from eventlog import EventLog
+from tests.livecall import wait_until
 
 
 def test_events_are_written_filtered_and_paginated(tmp_path):
@@ -40,10 +41,11 @@ def test_wal_mode_and_history_survive_a_restart(tmp_path):
     again.close()
 
 
-def test_a_failing_disk_degrades_health_and_keeps_rows(tmp_path):
+def test_a_locked_database_holds_rows_until_it_is_free(tmp_path):
     path = tmp_path / "log.db"
     log = EventLog(path)
-    blocker = sqlite3.connect(path, timeout=0)
+    assert log.flush()  # the writer has opened its connection and is idle
+    blocker = sqlite3.connect(path, timeout=5)
     blocker.execute("BEGIN EXCLUSIVE")  # the writer cannot commit while this is held
     log.record("webhook.received", "c1")
     try:
@@ -54,5 +56,25 @@ def test_a_failing_disk_degrades_health_and_keeps_rows(tmp_path):
     assert log.flush(timeout=40)
     rows, _ = log.events(call_control_id="c1")
     assert len(rows) == 1
+    assert log.healthy
+    log.close()
+
+
+def test_a_failing_write_degrades_health_keeps_rows_and_holds_flush(tmp_path):
+    path = tmp_path / "log.db"
+    log = EventLog(path)
+    assert log.flush()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE events RENAME TO events_away")  # the writer's inserts now fail
+    log.record("webhook.received", "c1")
+    assert not log.flush(timeout=1.0)  # nothing committed, so flush does not say it was
+    assert not log.healthy and "no such table" in (log.last_error or "")
+    assert not log.flush(timeout=10)  # at once: readers don't wait on a failing disk
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE events_away RENAME TO events")
+    wait_until(lambda: log.healthy, what="the retried write")
+    assert log.flush()
+    rows, _ = log.events(call_control_id="c1")
+    assert [r["event"] for r in rows] == ["webhook.received"]
     assert log.healthy
     log.close()
