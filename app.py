@@ -113,6 +113,7 @@ def serve(app: Flask, host: str, port: int) -> MediaFrontDoor:
                           http_workers=rt.config.SERVER_THREADS, idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S,
                           timer=clock)
     clock.drive_from(door.wake)
+    rt.metrics.gauge("accept_failures_total", lambda: door.accept_failures)
     return door.start()
 
 

@@ -42,6 +42,7 @@ _WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 65536
 _MAX_HEAD = 16384
 _SWEEP_S = 1.0
+_ACCEPT_RETRY_S = 0.1  # out of descriptors: how soon to try accepting again
 # How often a connection whose first bytes did not yet decide its route is peeked again.
 _REPEEK_S = 0.005
 
@@ -473,12 +474,15 @@ class FrontDoor:
         self._pending: dict[int, _Pending] = {}
         self._undecided: list[_Pending] = []
         self._stopping = threading.Event()
-        self._accept_paused = False
+        self._accept_paused = False  # out of descriptors: the listener is off the selector
+        self._accept_resume_at = 0.0
+        self._accepted_since_failure = True
         self._thread: threading.Thread | None = None
         self._now = time.monotonic()
         # Counters, written by the loop thread only (per-connection ones live on each Connection;
         # bytes are wire bytes, frame headers included).
         self.connections_accepted = 0
+        self.accept_failures = 0  # accepts refused for want of descriptors or memory
         self.http_handed_off = 0
         self.protocol_errors = 0
         self.upgrades_refused = 0
@@ -525,6 +529,7 @@ class FrontDoor:
         return {
             "websockets": len(conns),
             "connections_accepted": self.connections_accepted,
+            "accept_failures": self.accept_failures,
             "http_handed_off": self.http_handed_off,
             "upgrades_refused": self.upgrades_refused,
             "protocol_errors": self.protocol_errors,
@@ -580,6 +585,8 @@ class FrontDoor:
             while not self._stopping.is_set():
                 now = time.monotonic()
                 timeout = _REPEEK_S if self._undecided else max(0.0, next_sweep - now)
+                if self._accept_paused:
+                    timeout = min(timeout, max(0.0, self._accept_resume_at - now))
                 if timer is not None:
                     due = timer.next_deadline(now)
                     if due is not None:
@@ -605,9 +612,9 @@ class FrontDoor:
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_S
                     self._sweep(now)
-                    if self._accept_paused:
-                        self._accept_paused = False
-                        self._control.register(self._listener, _READ, self._on_acceptable)
+                if self._accept_paused and now >= self._accept_resume_at:
+                    self._accept_paused = False
+                    self._control.register(self._listener, _READ, self._on_acceptable)
             self._shutdown()
         except Exception:
             logger.exception("media plane loop crashed")
@@ -741,15 +748,24 @@ class FrontDoor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The listener stays readable, so keep it out of the selector until the
-                    # next sweep instead of spinning on it.
-                    logger.error("accept failed, pausing for a second: %s", exc)
+                    # The listener stays readable, so keep it off the selector for a moment
+                    # instead of spinning on it; the connections waiting meanwhile stay in the
+                    # kernel's backlog. Logged once per episode, not once per retry.
+                    if self._accepted_since_failure:
+                        logger.error("accept failed, retrying every %.1f s until it works: %s",
+                                     _ACCEPT_RETRY_S, exc)
+                    self.accept_failures += 1
+                    self._accepted_since_failure = False
                     self._control.unregister(self._listener)
                     self._accept_paused = True
+                    self._accept_resume_at = self._now + _ACCEPT_RETRY_S
                     return
                 logger.debug("accept failed: %s", exc)  # e.g. a client reset before we got to it
                 continue
             self.connections_accepted += 1
+            if not self._accepted_since_failure:
+                self._accepted_since_failure = True
+                logger.warning("accepting connections again")
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -19,6 +19,7 @@ HELP = {
     "webhooks_total": ("counter", "Webhooks by outcome"),
     "telnyx_commands_total": ("counter", "Call Control commands by action and outcome"),
     "injections_total": ("counter", "Injections by final status"),
+    "accept_failures_total": ("counter", "Tries to accept a connection that failed for want of descriptors or memory"),
     "active_sessions": ("gauge", "Calls with a live session"),
     "active_injections": ("gauge", "Injections created or playing"),
     "frame_lateness_seconds": ("histogram", "Lateness of each media clock tick against its deadline"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 import signal
 import socket
 import sqlite3
@@ -63,6 +65,57 @@ def test_sigterm_ends_calls_and_flushes_the_log(telnyx, tmp_path):
     assert status == "interrupted"
     assert "injection.stopped" in events and events[-1] == "server.stopped"
     assert inj["status"] == "created"
+
+
+def test_running_out_of_descriptors_keeps_the_calls_and_accepting_resumes(telnyx, tmp_path):
+    # Connections that never send a request use up every descriptor the process may open: the
+    # call already streaming keeps its audio, and once they go the server accepts again.
+    limit = 128
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    port = free_port()
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(tmp_path / "db.sqlite3"),
+           "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
+           "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
+    log_path = tmp_path / "server.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)))
+    hogs: list[socket.socket] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(url), timeout=30, what="server start")
+        telnyx.webhook_url = f"{url}/webhooks/voice"
+        call = telnyx.place_call()
+        call.wait_streaming(timeout=10)
+        httpx.post(f"{url}/streams/{call.call_control_id}/inject",
+                   json={"tone": {"frequency_hz": 300, "duration_ms": 500}, "loop": True}).raise_for_status()
+        wait_until(lambda: len(call.heard_pcm()) > 1600, what="audio from the real server")
+
+        for _ in range(limit + 32):  # more than the process can hold; the rest wait in the backlog
+            hogs.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until(lambda: "accept failed" in log_path.read_text(), what="accepting to fail")
+        heard = len(call.heard_pcm())
+        wait_until(lambda: len(call.heard_pcm()) >= heard + 8000, what="a second more audio meanwhile")
+        assert proc.poll() is None
+    finally:
+        for hog in hogs:
+            hog.close()
+        if proc.poll() is not None:
+            log_file.close()
+    try:
+        wait_until(lambda: _healthy(url), timeout=10, what="accepting again")
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        log = log_path.read_text()
+        assert log.count("accept failed") == 1, log  # once for the episode, not once per retry
+        assert "accepting connections again" in log
+        failures = re.search(r"^mixer_accept_failures_total (\d+)$", metrics, re.MULTILINE)
+        assert failures is not None and int(failures[1]) >= 1, metrics
+        assert call.streaming_status == "streaming"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log_file.close()
 
 
 def _healthy(url: str) -> bool:
