@@ -476,7 +476,7 @@ class FrontDoor:
         self._stopping = threading.Event()
         self._accept_paused = False  # out of descriptors: the listener is off the selector
         self._accept_resume_at = 0.0
-        self._accepted_since_failure = True
+        self._accept_failed_at = -1  # accept_failures when the current episode began; -1: none
         self._thread: threading.Thread | None = None
         self._now = time.monotonic()
         # Counters, written by the loop thread only (per-connection ones live on each Connection;
@@ -745,17 +745,21 @@ class FrontDoor:
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
+                if self._accept_failed_at >= 0:  # the backlog is drained: the episode is over
+                    logger.warning("accepting connections again, after %d failed tries",
+                                   self.accept_failures - self._accept_failed_at)
+                    self._accept_failed_at = -1
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # The listener stays readable, so keep it off the selector for a moment
                     # instead of spinning on it; the connections waiting meanwhile stay in the
-                    # kernel's backlog. Logged once per episode, not once per retry.
-                    if self._accepted_since_failure:
-                        logger.error("accept failed, retrying every %.1f s until it works: %s",
+                    # kernel's backlog. Logged once per episode, not once per try.
+                    if self._accept_failed_at < 0:
+                        self._accept_failed_at = self.accept_failures
+                        logger.error("accept failed, trying again every %.1f s until it works: %s",
                                      _ACCEPT_RETRY_S, exc)
                     self.accept_failures += 1
-                    self._accepted_since_failure = False
                     self._control.unregister(self._listener)
                     self._accept_paused = True
                     self._accept_resume_at = self._now + _ACCEPT_RETRY_S
@@ -763,9 +767,6 @@ class FrontDoor:
                 logger.debug("accept failed: %s", exc)  # e.g. a client reset before we got to it
                 continue
             self.connections_accepted += 1
-            if not self._accepted_since_failure:
-                self._accepted_since_failure = True
-                logger.warning("accepting connections again")
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

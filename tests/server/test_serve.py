@@ -98,12 +98,8 @@ def test_running_out_of_descriptors_keeps_the_calls_and_accepting_resumes(telnyx
         heard = len(call.heard_pcm())
         wait_until(lambda: len(call.heard_pcm()) >= heard + 8000, what="a second more audio meanwhile")
         assert proc.poll() is None
-    finally:
         for hog in hogs:
             hog.close()
-        if proc.poll() is not None:
-            log_file.close()
-    try:
         wait_until(lambda: _healthy(url), timeout=10, what="accepting again")
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         log = log_path.read_text()
@@ -113,6 +109,8 @@ def test_running_out_of_descriptors_keeps_the_calls_and_accepting_resumes(telnyx
         assert failures is not None and int(failures[1]) >= 1, metrics
         assert call.streaming_status == "streaming"
     finally:
+        for hog in hogs:
+            hog.close()
         proc.terminate()
         proc.wait(timeout=30)
         log_file.close()
