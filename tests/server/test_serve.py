@@ -1,4 +1,4 @@
-"""`python app.py` as an operator runs it: a real process, a real call, then SIGTERM."""
+"""`python app.py` as an operator runs it: a real process, a real call, then SIGTERM or no descriptors left."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from livecall import API_KEY, wait_until
+from simulator import FakeTelnyx, SimCall
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,32 +35,53 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path):
     assert "STREAM_CODEC" in done.stderr
 
 
-def test_sigterm_ends_calls_and_flushes_the_log(telnyx, tmp_path):
-    port = free_port()
-    db = tmp_path / "db.sqlite3"
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(db),
-           "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
-           "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
-    log_file = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log_file,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(url), timeout=30, what="server start")
-        telnyx.webhook_url = f"{url}/webhooks/voice"
+class AppProcess:
+    """`python app.py` on a free port against the simulator, its output in tmp_path/server.log."""
+
+    def __init__(self, telnyx: FakeTelnyx, tmp_path: Path, **popen: Any) -> None:
+        port = free_port()
+        self.db = tmp_path / "db.sqlite3"
+        self.log_path = tmp_path / "server.log"
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(self.db),
+               "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
+               "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
+        self._log_file = self.log_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, text=True, **popen)
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        telnyx.webhook_url = f"{self.url}/webhooks/voice"
+
+    def playing_call(self, telnyx: FakeTelnyx) -> tuple[SimCall, dict[str, Any]]:
+        """Once the server is up: a call playing a looping tone; returns it and the injection."""
+        wait_until(lambda: _healthy(self.url), timeout=30, what="server start")
         call = telnyx.place_call()
         call.wait_streaming(timeout=10)
-        inj = httpx.post(f"{url}/streams/{call.call_control_id}/inject",
-                         json={"tone": {"frequency_hz": 300, "duration_ms": 500}, "loop": True}).json()
+        response = httpx.post(f"{self.url}/streams/{call.call_control_id}/inject",
+                              json={"tone": {"frequency_hz": 300, "duration_ms": 500}, "loop": True})
+        response.raise_for_status()
         wait_until(lambda: len(call.heard_pcm()) > 1600, what="audio from the real server")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "server.log").read_text()
+        return call, response.json()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()
+
+
+def test_sigterm_ends_calls_and_flushes_the_log(telnyx, tmp_path):
+    app = AppProcess(telnyx, tmp_path)
+    try:
+        call, inj = app.playing_call(telnyx)
+        app.proc.send_signal(signal.SIGTERM)
+        assert app.proc.wait(timeout=30) == 0, app.log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log_file.close()
-    with sqlite3.connect(db) as conn:
+        app.close()
+    with sqlite3.connect(app.db) as conn:
         status = conn.execute("SELECT status FROM calls WHERE call_control_id = ?",
                               (call.call_control_id,)).fetchone()[0]
         events = [r[0] for r in conn.execute("SELECT event FROM events ORDER BY id")]
@@ -72,48 +95,31 @@ def test_running_out_of_descriptors_keeps_the_calls_and_accepting_resumes(telnyx
     # call already streaming keeps its audio, and once they go the server accepts again.
     limit = 128
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    port = free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(tmp_path / "db.sqlite3"),
-           "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
-           "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
-    log_path = tmp_path / "server.log"
-    log_file = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log_file,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)))
+    app = AppProcess(telnyx, tmp_path,
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)))
     hogs: list[socket.socket] = []
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(url), timeout=30, what="server start")
-        telnyx.webhook_url = f"{url}/webhooks/voice"
-        call = telnyx.place_call()
-        call.wait_streaming(timeout=10)
-        httpx.post(f"{url}/streams/{call.call_control_id}/inject",
-                   json={"tone": {"frequency_hz": 300, "duration_ms": 500}, "loop": True}).raise_for_status()
-        wait_until(lambda: len(call.heard_pcm()) > 1600, what="audio from the real server")
-
+        call, _ = app.playing_call(telnyx)
         for _ in range(limit + 32):  # more than the process can hold; the rest wait in the backlog
-            hogs.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        wait_until(lambda: "accept failed" in log_path.read_text(), what="accepting to fail")
+            hogs.append(socket.create_connection(("127.0.0.1", app.port), timeout=5))
+        wait_until(lambda: "accept failed" in app.log(), what="accepting to fail")
         heard = len(call.heard_pcm())
         wait_until(lambda: len(call.heard_pcm()) >= heard + 8000, what="a second more audio meanwhile")
-        assert proc.poll() is None
+        assert app.proc.poll() is None
         for hog in hogs:
             hog.close()
-        wait_until(lambda: _healthy(url), timeout=10, what="accepting again")
-        wait_until(lambda: "accepting connections again" in log_path.read_text(), what="the episode's end logged")
-        log = log_path.read_text()
-        assert log.count("accept failed") == 1, log  # once for the episode, not once per try
-        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        wait_until(lambda: _healthy(app.url), timeout=10, what="accepting again")
+        # Logged by the loop after it hands /health off, so maybe a moment after the answer.
+        wait_until(lambda: "accepting connections again" in app.log(), what="the episode's end logged")
+        assert app.log().count("accept failed") == 1, app.log()  # once for the episode, not once per try
+        metrics = httpx.get(f"{app.url}/metrics", timeout=5).text
         failures = re.search(r"^mixer_accept_failures_total (\d+)$", metrics, re.MULTILINE)
         assert failures is not None and int(failures[1]) >= 1, metrics
         assert call.streaming_status == "streaming"
     finally:
         for hog in hogs:
             hog.close()
-        proc.terminate()
-        proc.wait(timeout=30)
-        log_file.close()
+        app.close()
 
 
 def _healthy(url: str) -> bool:
