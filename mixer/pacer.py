@@ -5,10 +5,11 @@ t0 + k * frame - lead. Deadlines are computed from t0, never by adding up sleeps
 does not drift however the sleeps err. The first lead/frame frames of a run are due before t0
 and go out at once: that is the margin Telnyx's playout buffer keeps against network jitter.
 
-Stall: if a frame is a whole frame past its play time (we stalled longer than the lead), the
-missed slots are counted as skipped and a new run starts now. The missed frames are not sent
-to catch up (the sources just resume), so a stall never turns into a burst that would pile
-latency onto the call; only the lead is rebuilt.
+Stall: if a frame is a whole frame past its play time (we stalled longer than the lead, be it
+the pacer's own or one its driver keeps: outside_lead_seconds), the missed slots are counted as
+skipped and a new run starts now. The missed frames are not sent to catch up (the sources just
+resume), so a stall never turns into a burst that would pile latency onto the call; only the
+lead is rebuilt. Behind by less, the pacer catches up: the frames due go out back to back.
 
 Idle: when produce() returns False (nothing plays, or no socket), the run is over: run_pacer
 waits on `wake` without sending anything and restarts the clock when woken (an event loop
@@ -50,14 +51,14 @@ def run_pacer(produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 
               lead_seconds: float = DEFAULT_LEAD_SECONDS, stop: threading.Event, wake: threading.Event,
               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
               stats: PacerStats | None = None, late_after: float | None = None,
-              idle_poll_seconds: float = IDLE_POLL_SECONDS) -> PacerStats:
+              idle_poll_seconds: float = IDLE_POLL_SECONDS, outside_lead_seconds: float = 0.0) -> PacerStats:
     """Call produce() once per frame until `stop` is set; return the stats.
 
     `produce` sends one frame and returns True, or returns False when there is nothing to send.
     Runs on the calling thread. `late_after` defaults to a quarter frame.
     """
     pacer = Pacer(produce, frame_seconds=frame_seconds, lead_seconds=lead_seconds, stats=stats,
-                  late_after=late_after)
+                  late_after=late_after, outside_lead_seconds=outside_lead_seconds)
     pacer.restart(clock())
     while not stop.is_set():
         deadline = pacer.next_deadline
@@ -83,12 +84,16 @@ class Pacer:
 
     def __init__(self, produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 1000,
                  lead_seconds: float = DEFAULT_LEAD_SECONDS, stats: PacerStats | None = None,
-                 late_after: float | None = None) -> None:
-        if frame_seconds <= 0 or lead_seconds < 0:
-            raise ValueError("frame_seconds must be positive and lead_seconds not negative")
+                 late_after: float | None = None, outside_lead_seconds: float = 0.0) -> None:
+        """`outside_lead_seconds`: a lead the driver keeps itself, on top of `lead_seconds` (the
+        media clock bursts it per call, as calls start at different times). Frames then play
+        that much after their deadlines, so the stall rule waits that much longer too."""
+        if frame_seconds <= 0 or lead_seconds < 0 or outside_lead_seconds < 0:
+            raise ValueError("frame_seconds must be positive and the leads not negative")
         self._produce = produce
         self.frame_seconds = frame_seconds
         self.lead_seconds = lead_seconds
+        self.outside_lead_seconds = outside_lead_seconds
         self.stats = stats if stats is not None else PacerStats()
         self.tolerance = frame_seconds / 4 if late_after is None else late_after
         self._t0 = 0.0
@@ -111,7 +116,7 @@ class Pacer:
         play_at = self._t0 + self._k * frame_seconds
         # Frames due before the run began (the lead) are on time when sent at its start.
         lateness = max(0.0, now - max(play_at - self.lead_seconds, self._t0))
-        if now - play_at >= frame_seconds:
+        if now - play_at - self.outside_lead_seconds >= frame_seconds:
             # Stalled a whole frame past this frame's play time: Telnyx has run out of our audio.
             # Give up the missed slots and start a new run now, lead included.
             missed = int((now - play_at) // frame_seconds)

@@ -5,6 +5,8 @@ hundred calls that, not the mixing, is where the CPU goes. Here one pacer (mixer
 absolute deadlines, stall resync, idle wait) ticks on a shared 20 ms grid and, at each tick, asks
 every streaming call for the frames it owes: one per tick, or its lead's worth at once when it
 starts playing after being idle, so each call still runs OUTBOUND_LEAD_MS ahead of real time.
+Ticks late by less than the lead are caught up back to back; after a longer stall every call
+sends its lead again (Telnyx has played it dry by then).
 
 Who runs the ticks: the media plane's event loop when `python app.py` serves (drive_from: the
 loop polls the clock between socket events, so inbound frames, the mixing and our sends share
@@ -33,7 +35,11 @@ class MediaClock:
         self.stats = PacerStats()
         self.frames = 0  # frames produced, all calls together; written by the ticking thread only
         self._on_tick = on_tick
-        self._pacer = Pacer(self._tick, frame_seconds=frame_seconds, lead_seconds=0.0, stats=self.stats)
+        # The lead is the calls' (the burst), so a tick late by less than lead + frame is caught up
+        # by the ticks after it, back to back: Telnyx still has that much of every call queued.
+        self._pacer = Pacer(self._tick, frame_seconds=frame_seconds, lead_seconds=0.0, stats=self.stats,
+                            outside_lead_seconds=lead_seconds)
+        self._resyncs = 0  # stats.resyncs at the last tick
         self._idle = True  # the pacer's run is over until poke() (ticking thread only)
         # Guards _calls, _thread and _waker; the tick works on a snapshot so calls come and go freely.
         self._lock = threading.Lock()
@@ -104,6 +110,7 @@ class MediaClock:
     def _run(self) -> None:
         try:
             run_pacer(self._tick, frame_seconds=self.frame_seconds, lead_seconds=0.0,
+                      outside_lead_seconds=self._pacer.outside_lead_seconds,
                       stop=self._stop, wake=self._woken, stats=self.stats)
         except Exception:
             logger.exception("media clock crashed; no call gets frames any more")
@@ -119,6 +126,10 @@ class MediaClock:
     def _tick_calls(self) -> bool:
         with self._lock:
             calls = list(self._calls.items())
+        # Stalled past the lead (the pacer resynced): Telnyx has played every call's queue dry,
+        # so each playing call sends its lead again, as when it starts.
+        stalled = self.stats.resyncs != self._resyncs
+        self._resyncs = self.stats.resyncs
         everyone = [call for call, _ in calls]
         framer = self._framer
         framer.feed_levels(everyone)
@@ -126,7 +137,7 @@ class MediaClock:
         self.frames += len(sent)
         playing = set(sent)
         # A call that starts playing sends its lead at once: burst - 1 more frames.
-        started = [call for call, was_idle in calls if was_idle and call in playing]
+        started = [call for call, was_idle in calls if (was_idle or stalled) and call in playing]
         for _ in range(self.burst - 1):
             if not started:
                 break

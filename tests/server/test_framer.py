@@ -124,6 +124,37 @@ def test_a_loop_drives_the_clock_on_absolute_deadlines_with_the_lead_first() -> 
     assert not clock.run_due(Clock.now + 53 * 0.02)
 
 
+def test_a_stall_within_the_lead_is_caught_up_and_a_longer_one_resends_the_lead() -> None:
+    clock = MediaClock(frame_seconds=0.02, lead_seconds=0.06)
+    clock.drive_from(lambda: None)
+    call = Call("a", "PCMU", 8000)
+    clock.add(call)  # type: ignore[arg-type]
+    t0 = Clock.now
+    assert clock.next_deadline(t0) == t0 and clock.run_due(t0)
+    for k in range(1, 10):
+        clock.run_due(t0 + k * 0.02)
+    assert len(call.sent) == 13  # the lead, then one a tick
+
+    # 75 ms past tick 10's deadline (ticks 10-13 due): less than lead + frame, so Telnyx still
+    # has audio queued. The late ticks run back to back on the old grid; no slot is given up.
+    now = t0 + 10 * 0.02 + 0.075
+    ticks = 0
+    while clock.run_due(now):
+        ticks += 1
+    assert ticks == 4 and len(call.sent) == 17
+    assert clock.stats.skipped == 0 and clock.stats.resyncs == 0
+    assert clock.next_deadline(now) == pytest.approx(t0 + 14 * 0.02)
+
+    # 110 ms past tick 14's deadline: the queue has played dry, so the clock restarts now and
+    # the call sends its lead again with the frame due, as when it started.
+    now = t0 + 14 * 0.02 + 0.11
+    assert clock.run_due(now)
+    assert clock.stats.resyncs == 1 and clock.stats.skipped == 5
+    assert len(call.sent) == 17 + 4
+    assert not clock.run_due(now + 0.019) and clock.run_due(now + 0.02)
+    assert len(call.sent) == 22  # then one a tick again
+
+
 class Exploding(Call):
     @property
     def frame_samples(self) -> int:
