@@ -51,14 +51,21 @@ def run_pacer(produce: Callable[[], bool], *, frame_seconds: float = FRAME_MS / 
               lead_seconds: float = DEFAULT_LEAD_SECONDS, stop: threading.Event, wake: threading.Event,
               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
               stats: PacerStats | None = None, late_after: float | None = None,
-              idle_poll_seconds: float = IDLE_POLL_SECONDS, outside_lead_seconds: float = 0.0) -> PacerStats:
+              idle_poll_seconds: float = IDLE_POLL_SECONDS) -> PacerStats:
     """Call produce() once per frame until `stop` is set; return the stats.
 
     `produce` sends one frame and returns True, or returns False when there is nothing to send.
     Runs on the calling thread. `late_after` defaults to a quarter frame.
     """
     pacer = Pacer(produce, frame_seconds=frame_seconds, lead_seconds=lead_seconds, stats=stats,
-                  late_after=late_after, outside_lead_seconds=outside_lead_seconds)
+                  late_after=late_after)
+    return drive_pacer(pacer, stop=stop, wake=wake, clock=clock, sleep=sleep, idle_poll_seconds=idle_poll_seconds)
+
+
+def drive_pacer(pacer: Pacer, *, stop: threading.Event, wake: threading.Event,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                idle_poll_seconds: float = IDLE_POLL_SECONDS) -> PacerStats:
+    """run_pacer's loop, for a pacer built elsewhere."""
     pacer.restart(clock())
     while not stop.is_set():
         deadline = pacer.next_deadline
@@ -87,13 +94,15 @@ class Pacer:
                  late_after: float | None = None, outside_lead_seconds: float = 0.0) -> None:
         """`outside_lead_seconds`: a lead the driver keeps itself, on top of `lead_seconds` (the
         media clock bursts it per call, as calls start at different times). Frames then play
-        that much after their deadlines, so the stall rule waits that much longer too."""
+        that much later than the pacer's own play times, so the stall rule waits that much
+        longer too."""
         if frame_seconds <= 0 or lead_seconds < 0 or outside_lead_seconds < 0:
             raise ValueError("frame_seconds must be positive and the leads not negative")
         self._produce = produce
         self.frame_seconds = frame_seconds
         self.lead_seconds = lead_seconds
         self.outside_lead_seconds = outside_lead_seconds
+        self.now = 0.0  # what fire() was called with, for produce() to read
         self.stats = stats if stats is not None else PacerStats()
         self.tolerance = frame_seconds / 4 if late_after is None else late_after
         self._t0 = 0.0
@@ -113,12 +122,15 @@ class Pacer:
         After False the caller waits for activity and calls restart().
         """
         frame_seconds, stats = self.frame_seconds, self.stats
+        self.now = now
+        # When this frame plays, as far as the pacer knows: a driver's own lead comes on top.
         play_at = self._t0 + self._k * frame_seconds
         # Frames due before the run began (the lead) are on time when sent at its start.
         lateness = max(0.0, now - max(play_at - self.lead_seconds, self._t0))
         if now - play_at - self.outside_lead_seconds >= frame_seconds:
-            # Stalled a whole frame past this frame's play time: Telnyx has run out of our audio.
-            # Give up the missed slots and start a new run now, lead included.
+            # Stalled a whole frame past this frame's play time, the driver's lead included:
+            # Telnyx has run out of our audio. Give up the missed slots and start a new run now,
+            # lead included.
             missed = int((now - play_at) // frame_seconds)
             stats.skipped += missed
             stats.resyncs += 1

@@ -5,8 +5,8 @@ hundred calls that, not the mixing, is where the CPU goes. Here one pacer (mixer
 absolute deadlines, stall resync, idle wait) ticks on a shared 20 ms grid and, at each tick, asks
 every streaming call for the frames it owes: one per tick, or its lead's worth at once when it
 starts playing after being idle, so each call still runs OUTBOUND_LEAD_MS ahead of real time.
-Ticks late by less than the lead are caught up back to back; after a longer stall every call
-sends its lead again (Telnyx has played it dry by then).
+Ticks late by less than the lead and a frame are caught up back to back (past the lead alone,
+Telnyx has had a gap of under a frame); after a longer stall every call sends its lead again.
 
 Who runs the ticks: the media plane's event loop when `python app.py` serves (drive_from: the
 loop polls the clock between socket events, so inbound frames, the mixing and our sends share
@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from mixer.pacer import Pacer, PacerStats, run_pacer
+from mixer.pacer import Pacer, PacerStats, drive_pacer
 from streams.framer import Framed, Framer
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ class MediaClock:
         self.stats = PacerStats()
         self.frames = 0  # frames produced, all calls together; written by the ticking thread only
         self._on_tick = on_tick
-        # The lead is the calls' (the burst), so a tick late by less than lead + frame is caught up
-        # by the ticks after it, back to back: Telnyx still has that much of every call queued.
+        # The lead is the calls' (the burst), so the pacer's stall rule counts it: a tick late by
+        # less than lead + frame is caught up by the ticks after it, back to back.
         self._pacer = Pacer(self._tick, frame_seconds=frame_seconds, lead_seconds=0.0, stats=self.stats,
                             outside_lead_seconds=lead_seconds)
         self._resyncs = 0  # stats.resyncs at the last tick
@@ -109,9 +109,7 @@ class MediaClock:
 
     def _run(self) -> None:
         try:
-            run_pacer(self._tick, frame_seconds=self.frame_seconds, lead_seconds=0.0,
-                      outside_lead_seconds=self._pacer.outside_lead_seconds,
-                      stop=self._stop, wake=self._woken, stats=self.stats)
+            drive_pacer(self._pacer, stop=self._stop, wake=self._woken)
         except Exception:
             logger.exception("media clock crashed; no call gets frames any more")
             raise
@@ -136,9 +134,12 @@ class MediaClock:
         sent = framer.produce(everyone)
         self.frames += len(sent)
         playing = set(sent)
-        # A call that starts playing sends its lead at once: burst - 1 more frames.
+        # A call that starts playing sends its lead at once: burst - 1 more frames, less one for
+        # each tick still due now (while catching up), which will send it one each.
+        pacer = self._pacer
+        behind = max(0, int((pacer.now - pacer.next_deadline) // self.frame_seconds))
         started = [call for call, was_idle in calls if (was_idle or stalled) and call in playing]
-        for _ in range(self.burst - 1):
+        for _ in range(self.burst - 1 - behind):
             if not started:
                 break
             started = framer.produce(started)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from mixer.pacer import PacerStats, run_pacer
+from mixer.pacer import Pacer, PacerStats, run_pacer
 
 FRAME = 0.02
 LEAD = 0.06
@@ -146,6 +146,23 @@ def test_a_short_stall_within_the_lead_catches_up_without_skipping():
     stats = pace(produce, clock, stop)
     assert stats.skipped == 0 and stats.resyncs == 0
     assert sent[-1] == pytest.approx(t0 + 199 * FRAME - LEAD, abs=1e-9)  # back on the original grid
+
+
+def test_a_lead_kept_outside_the_pacer_counts_in_its_stall_rule():
+    # The media clock keeps each call's lead itself (lead_seconds=0 here): a tick 70 ms late is
+    # caught up, since Telnyx had 60 ms queued; 90 ms late (past the lead and a frame), given up.
+    clock = FakeClock()
+    for stall, resyncs in ((0.07, 0), (0.09, 1)):
+        stats = PacerStats()
+        pacer = Pacer(lambda: True, frame_seconds=FRAME, lead_seconds=0.0, outside_lead_seconds=LEAD, stats=stats)
+        pacer.restart(clock())
+        deadline = pacer.next_deadline
+        fired = 0
+        while pacer.next_deadline <= deadline + stall:
+            pacer.fire(deadline + stall)
+            fired += 1
+        assert stats.resyncs == resyncs
+        assert fired == (4 if resyncs == 0 else 1)  # back to back on the old grid, or a new run
 
 
 def test_idle_sends_nothing_and_restarts_the_clock_on_wake():

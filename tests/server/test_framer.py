@@ -124,7 +124,7 @@ def test_a_loop_drives_the_clock_on_absolute_deadlines_with_the_lead_first() -> 
     assert not clock.run_due(Clock.now + 53 * 0.02)
 
 
-def test_a_stall_within_the_lead_is_caught_up_and_a_longer_one_resends_the_lead() -> None:
+def test_a_late_tick_is_caught_up_and_a_stall_past_the_lead_resends_it() -> None:
     clock = MediaClock(frame_seconds=0.02, lead_seconds=0.06)
     clock.drive_from(lambda: None)
     call = Call("a", "PCMU", 8000)
@@ -135,13 +135,18 @@ def test_a_stall_within_the_lead_is_caught_up_and_a_longer_one_resends_the_lead(
         clock.run_due(t0 + k * 0.02)
     assert len(call.sent) == 13  # the lead, then one a tick
 
-    # 75 ms past tick 10's deadline (ticks 10-13 due): less than lead + frame, so Telnyx still
-    # has audio queued. The late ticks run back to back on the old grid; no slot is given up.
+    # 75 ms past tick 10's deadline (ticks 10-13 due): less than lead + frame (Telnyx had a gap
+    # of 15 ms at most). The late ticks run back to back on the old grid; no slot is given up.
+    # A call that starts playing on the first of them gets its lead, not that plus the rest.
+    starter = Call("b", "PCMU", 8000)
+    clock.add(starter)  # type: ignore[arg-type]
     now = t0 + 10 * 0.02 + 0.075
     ticks = 0
     while clock.run_due(now):
         ticks += 1
     assert ticks == 4 and len(call.sent) == 17
+    assert len(starter.sent) == 4  # the frame due and 60 ms of lead, as any start
+    clock.remove(starter)  # type: ignore[arg-type]
     assert clock.stats.skipped == 0 and clock.stats.resyncs == 0
     assert clock.next_deadline(now) == pytest.approx(t0 + 14 * 0.02)
 
