@@ -514,7 +514,8 @@ class FakeTelnyx:
             # Called as `start` goes out, so an app that closes at once is seen closing after it.
             with call._lock:
                 call.stream_started = True
-            call._set_status("streaming")
+                call.streaming_status = "streaming"
+            call.media.notify()
 
         stream = MediaStream(self.engine, call.identity, params, stream_id, call.caller_audio, call.media,
                              on_started=started, on_failed=failed, on_peer_closed=peer_closed,

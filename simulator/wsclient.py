@@ -56,10 +56,10 @@ CLOSE_TOO_BIG = 1009
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
-class _MaskKeys(threading.local):
+class _MaskKeys:
     """Fresh masking keys from the OS's CSPRNG (RFC 6455 5.3 asks for a strong source), read
-    4 KiB at a time: one getrandom() per thousand frames instead of one per frame. A pool per
-    thread: every MediaEngine (one per FakeTelnyx) has its own loop thread."""
+    4 KiB at a time: one getrandom() per thousand frames instead of one per frame. One pool per
+    loop thread (_thread_mask_keys): every MediaEngine (one per FakeTelnyx) has its own."""
 
     def __init__(self) -> None:
         self._pool = b""
@@ -73,7 +73,17 @@ class _MaskKeys(threading.local):
         return self._pool[pos:pos + 4]
 
 
-_mask_keys = _MaskKeys()
+_pools = threading.local()
+
+
+def _thread_mask_keys() -> _MaskKeys:
+    """This thread's pool; a client looks it up once, as it is built on its loop's thread."""
+    keys: _MaskKeys | None = getattr(_pools, "keys", None)
+    if keys is None:
+        keys = _pools.keys = _MaskKeys()
+    return keys
+
+
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 
@@ -146,6 +156,7 @@ class WebSocketClient(asyncio.Protocol):
         self.max_size = max_size
         self.close_timeout = close_timeout
         self._loop = asyncio.get_running_loop()
+        self._mask_keys = _thread_mask_keys()  # the loop thread's, read per frame without a lookup
         self._target = target
         self._key = base64.b64encode(os.urandom(16)).decode()
         self._headers = list(headers)
@@ -480,7 +491,7 @@ class WebSocketClient(asyncio.Protocol):
 
     def _write_frame(self, b0: int, data: bytes) -> None:
         n = len(data)
-        mask = _mask_keys.next()
+        mask = self._mask_keys.next()
         if n < 126:
             head = bytes((b0, 0x80 | n))
         elif n < 65536:

@@ -425,6 +425,15 @@ class _Pending:
         self.reading = False  # True once routed to the websocket side and consuming its head
 
 
+def _dispatch(key: selectors.SelectorKey, mask: int) -> None:
+    """Run a ready selector key's callback; a bug on one socket must not take every call down
+    with the loop."""
+    try:
+        key.data(mask)
+    except Exception:
+        logger.exception("media plane: event handling failed for %r", key.fileobj)
+
+
 class FrontDoor:
     """Owns the port: websockets on `ws_paths` in the loop thread, all else to `wsgi_app`.
 
@@ -474,8 +483,8 @@ class FrontDoor:
         self._pending: dict[int, _Pending] = {}
         self._undecided: list[_Pending] = []
         self._stopping = threading.Event()
-        self._accept_paused = False  # out of descriptors: the listener is off the selector
-        self._accept_resume_at = 0.0
+        # Out of descriptors: the listener is off the selector until then.
+        self._accept_resume_at: float | None = None
         self._accept_failed_at = -1  # accept_failures when the current episode began; -1: none
         self._thread: threading.Thread | None = None
         self._now = time.monotonic()
@@ -558,7 +567,7 @@ class FrontDoor:
             self._wake_sent = True
             self._wake()
 
-    def _drain_inbox(self) -> None:
+    def _drain_inbox(self, _events: int = 0) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             while self._wake_r.recv(4096):
                 pass
@@ -577,7 +586,7 @@ class FrontDoor:
     def _run(self) -> None:
         sel = self._selector
         self._control.register(self._listener, _READ, self._on_acceptable)
-        self._control.register(self._wake_r, _READ, None)
+        self._control.register(self._wake_r, _READ, self._drain_inbox)
         sel.register(self._control, _READ, self._poll_control)
         next_sweep = time.monotonic() + _SWEEP_S
         timer = self._timer
@@ -585,7 +594,7 @@ class FrontDoor:
             while not self._stopping.is_set():
                 now = time.monotonic()
                 timeout = _REPEEK_S if self._undecided else max(0.0, next_sweep - now)
-                if self._accept_paused:
+                if self._accept_resume_at is not None:
                     timeout = min(timeout, max(0.0, self._accept_resume_at - now))
                 if timer is not None:
                     due = timer.next_deadline(now)
@@ -597,11 +606,7 @@ class FrontDoor:
                 # inbound ones can wait a moment (hundreds may be ready at once).
                 due = self._run_timer(now)
                 for key, mask in events:
-                    try:
-                        key.data(mask)
-                    except Exception:
-                        # A bug on one socket must not take every call down with the loop.
-                        logger.exception("media plane: event handling failed for %r", key.fileobj)
+                    _dispatch(key, mask)
                     if due is not None:
                         t = time.monotonic()
                         if t >= due:
@@ -612,8 +617,8 @@ class FrontDoor:
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_S
                     self._sweep(now)
-                if self._accept_paused and now >= self._accept_resume_at:
-                    self._accept_paused = False
+                if self._accept_resume_at is not None and now >= self._accept_resume_at:
+                    self._accept_resume_at = None
                     self._control.register(self._listener, _READ, self._on_acceptable)
             self._shutdown()
         except Exception:
@@ -641,14 +646,7 @@ class FrontDoor:
         if self._undecided:
             self._repeek()
         for key, mask in self._control.select(0):
-            callback = key.data
-            try:
-                if callback is None:
-                    self._drain_inbox()
-                else:
-                    callback(mask)
-            except Exception:
-                logger.exception("media plane: event handling failed for %r", key.fileobj)
+            _dispatch(key, mask)
 
     def _close_resources(self) -> None:
         self._selector.close()
@@ -718,9 +716,8 @@ class FrontDoor:
 
     def _shutdown(self) -> None:
         """Runs in the loop thread on stop: 1001 to everyone, a bounded wait for the echoes."""
-        with contextlib.suppress(KeyError, ValueError):
-            if not self._accept_paused:
-                self._control.unregister(self._listener)
+        with contextlib.suppress(KeyError, ValueError):  # KeyError: accepting was paused
+            self._control.unregister(self._listener)
         self._listener.close()
         for fd, pending in list(self._pending.items()):
             self._drop_pending(fd, pending)
@@ -761,7 +758,6 @@ class FrontDoor:
                                      _ACCEPT_RETRY_S, exc)
                     self.accept_failures += 1
                     self._control.unregister(self._listener)
-                    self._accept_paused = True
                     self._accept_resume_at = self._now + _ACCEPT_RETRY_S
                     return
                 logger.debug("accept failed: %s", exc)  # e.g. a client reset before we got to it

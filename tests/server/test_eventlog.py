@@ -3,7 +3,7 @@
 import sqlite3
 
 from eventlog import EventLog
-from tests.livecall import wait_until
+from livecall import wait_until
 
 
 def test_events_are_written_filtered_and_paginated(tmp_path):
@@ -69,7 +69,7 @@ def test_a_failing_write_degrades_health_keeps_rows_and_holds_flush(tmp_path):
     log.record("webhook.received", "c1")
     assert not log.flush(timeout=1.0)  # nothing committed, so flush does not say it was
     assert not log.healthy and "no such table" in (log.last_error or "")
-    assert not log.flush(timeout=10)  # at once: readers don't wait on a failing disk
+    assert not log.flush(timeout=10)  # and at once (not timed here): readers don't wait on it
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE events_away RENAME TO events")
     wait_until(lambda: log.healthy, what="the retried write")

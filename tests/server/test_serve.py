@@ -38,7 +38,7 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path):
 class AppProcess:
     """`python app.py` on a free port against the simulator, its output in tmp_path/server.log."""
 
-    def __init__(self, telnyx: FakeTelnyx, tmp_path: Path, **popen: Any) -> None:
+    def __init__(self, telnyx: FakeTelnyx, tmp_path: Path) -> None:
         port = free_port()
         self.db = tmp_path / "db.sqlite3"
         self.log_path = tmp_path / "server.log"
@@ -47,7 +47,7 @@ class AppProcess:
                "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
         self._log_file = self.log_path.open("w")
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, text=True, **popen)
+                                     stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         telnyx.webhook_url = f"{self.url}/webhooks/voice"
@@ -95,10 +95,12 @@ def test_running_out_of_descriptors_keeps_the_calls_and_accepting_resumes(telnyx
     # call already streaming keeps its audio, and once they go the server accepts again.
     limit = 128
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    app = AppProcess(telnyx, tmp_path,
-                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)))
+    app = AppProcess(telnyx, tmp_path)
     hogs: list[socket.socket] = []
     try:
+        # Set from here, not in a preexec_fn: this process runs threads, and a child must not take
+        # locks between fork and exec. Start-up opens far fewer descriptors than this anyway.
+        resource.prlimit(app.proc.pid, resource.RLIMIT_NOFILE, (limit, hard))
         call, _ = app.playing_call(telnyx)
         for _ in range(limit + 32):  # more than the process can hold; the rest wait in the backlog
             hogs.append(socket.create_connection(("127.0.0.1", app.port), timeout=5))
