@@ -116,10 +116,21 @@ class Pacer:
     def next_deadline(self) -> float:
         return self._t0 + self._k * self.frame_seconds - self.lead_seconds
 
+    @property
+    def first_of_run(self) -> bool:
+        """Read in produce(): this frame begins a run (after restart() or a resync)."""
+        return self._k == 0
+
+    @property
+    def due_after(self) -> int:
+        """Read in produce(): how many more frames were already due when fire() was called."""
+        return max(0, int((self.now - self.next_deadline) // self.frame_seconds))
+
     def fire(self, now: float) -> bool:
         """Produce the frame due by `now`; False when produce() had nothing (the run is over).
 
-        After False the caller waits for activity and calls restart().
+        After False the caller waits for activity and calls restart(). produce() runs before
+        the frame is counted, so next_deadline, first_of_run and due_after are still its own.
         """
         frame_seconds, stats = self.frame_seconds, self.stats
         self.now = now

@@ -39,7 +39,6 @@ class MediaClock:
         # less than lead + frame is caught up by the ticks after it, back to back.
         self._pacer = Pacer(self._tick, frame_seconds=frame_seconds, lead_seconds=0.0, stats=self.stats,
                             outside_lead_seconds=lead_seconds)
-        self._resyncs = 0  # stats.resyncs at the last tick
         self._idle = True  # the pacer's run is over until poke() (ticking thread only)
         # Guards _calls, _thread and _waker; the tick works on a snapshot so calls come and go freely.
         self._lock = threading.Lock()
@@ -124,10 +123,11 @@ class MediaClock:
     def _tick_calls(self) -> bool:
         with self._lock:
             calls = list(self._calls.items())
-        # Stalled past the lead (the pacer resynced): Telnyx has played every call's queue dry,
-        # so each playing call sends its lead again, as when it starts.
-        stalled = self.stats.resyncs != self._resyncs
-        self._resyncs = self.stats.resyncs
+        # A new run of the pacer: after a stall past the lead, Telnyx has played every call's
+        # queue dry, so each playing call sends its lead again, as when it starts (after an idle
+        # restart every call is idle anyway).
+        pacer = self._pacer
+        stalled = pacer.first_of_run
         everyone = [call for call, _ in calls]
         framer = self._framer
         framer.feed_levels(everyone)
@@ -136,10 +136,8 @@ class MediaClock:
         playing = set(sent)
         # A call that starts playing sends its lead at once: burst - 1 more frames, less one for
         # each tick still due now (while catching up), which will send it one each.
-        pacer = self._pacer
-        behind = max(0, int((pacer.now - pacer.next_deadline) // self.frame_seconds))
         started = [call for call, was_idle in calls if (was_idle or stalled) and call in playing]
-        for _ in range(self.burst - 1 - behind):
+        for _ in range(self.burst - 1 - pacer.due_after):
             if not started:
                 break
             started = framer.produce(started)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mixer.batch import FrameBlock, finish_frames
-from mixer.codecs import get_codec
+from mixer.codecs import float_to_pcm16, get_codec
 from mixer.ducking import levels_dbfs, rms_dbfs
 from mixer.geometry import FrameGeometry
 from mixer.mixer import Mixer
@@ -102,6 +102,10 @@ def test_a_lone_steady_track_leaves_its_gain_to_the_caller_and_others_do_not():
     alone = np.empty(N, dtype=np.float32)
     reference.mix_into(alone)
     assert np.array_equal(row * np.float32(gain), alone)
+    # finish_frames applies the gain it was left: the same int16 as the reference mixed alone.
+    mixed_alone = alone.copy()
+    reference.limiter.process(mixed_alone)
+    assert np.array_equal(finish_frames(row[None].copy(), [deferred], [gain])[0], float_to_pcm16(mixed_alone))
     for mixer in (deferred, reference):
         mixer.add("beep", music[:N] * 2)  # two tracks: the mixer applies every gain itself
     finished, gain = deferred.mix_unscaled_into(row)
