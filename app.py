@@ -19,14 +19,14 @@ from flask import Flask
 import errors
 from config import ConfigError, load_config
 from eventlog import EventLog
+from frontdoor import FrontDoor, Limits
 from mixer.mixer import DuckingConfig
 from streams import api, socket
-from streams.mediaplane import FrontDoor as MediaFrontDoor
+from streams.auth import StreamAuth
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.runtime import Runtime
 from streams.session import SessionSettings
-from streams.socket import plane_acceptor
 from webhooks import views as webhook_views
 from webhooks.commands import CallCommands
 from webhooks.signature import load_public_key
@@ -49,9 +49,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused (401); "
                        "set it, or WEBHOOK_VERIFY=false for local experiments")
 
-    if not cfg.STREAM_AUTH_TOKEN:
-        logger.warning("STREAM_AUTH_TOKEN is not set: anyone who can reach /stream can open a "
-                       "media socket; set it in production")
     log = EventLog(cfg.DATABASE_PATH)
     interrupted = log.mark_interrupted()
     if interrupted:
@@ -70,20 +67,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                             timeout_s=cfg.TELNYX_TIMEOUT_S, max_retries=cfg.TELNYX_MAX_RETRIES,
                             log=log, metrics=metrics)
     rt = Runtime(config=cfg, log=log, metrics=metrics,
-                 registry=SessionRegistry(settings, log, metrics), commands=commands)
+                 registry=SessionRegistry(settings, log, metrics), commands=commands,
+                 stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=cfg.STREAM_AUTH_SECRET))
     app.extensions["mixer_runtime"] = rt
     app.extensions["webhook_dedupe"] = webhook_views.Deduper()
 
     errors.register(app)
     app.register_blueprint(api.bp)
-    socket.register(app, rt)
     app.register_blueprint(webhook_views.bp)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
                interrupted=len(interrupted))
     return app
 
 
-def shutdown(app: Flask, door: MediaFrontDoor | None = None) -> None:
+def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     """Stop every mixer, mark live calls interrupted, flush the event log. Idempotent.
 
     With the `door`, it is closed after the calls end; then the commands in flight finish. So
@@ -100,20 +97,29 @@ def shutdown(app: Flask, door: MediaFrontDoor | None = None) -> None:
     rt.log.close()
 
 
-def serve(app: Flask, host: str, port: int) -> MediaFrontDoor:
-    """Listen on HOST:PORT: media sockets on the media plane's loop, everything else to Flask.
+def serve(app: Flask, host: str, port: int) -> FrontDoor:
+    """Listen on HOST:PORT: the one front door (frontdoor/) for every connection.
 
-    One process (calls live in its memory). The media plane serves every /stream socket from
-    one selectors loop and hands other requests to a pool of SERVER_THREADS werkzeug handlers;
-    the same loop runs the media clock, which sends every call's frames. See README, "Serving".
+    One process (calls live in its memory). The front door's loop reads every request with one
+    parser, serves /stream sockets itself and hands every other complete request to a pool of
+    SERVER_THREADS threads running the Flask app; the same loop runs the media clock, which
+    sends every call's frames. See docs/architecture.md.
     """
     rt: Runtime = app.extensions["mixer_runtime"]
+    cfg = rt.config
     clock = rt.registry.clock
-    door = MediaFrontDoor(host, port, ws_paths=("/stream",), accept=plane_acceptor(rt), wsgi_app=app,
-                          http_workers=rt.config.SERVER_THREADS, idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S,
-                          timer=clock)
+    door = FrontDoor(host, port, ws_paths=("/stream",), accept=socket.acceptor(rt), wsgi_app=app,
+                     http_workers=cfg.SERVER_THREADS, head_timeout_s=cfg.HTTP_HEAD_TIMEOUT_S,
+                     body_min_rate=cfg.HTTP_BODY_MIN_RATE, max_body_bytes=cfg.MAX_UPLOAD_BYTES,
+                     idle_timeout_s=cfg.WS_IDLE_TIMEOUT_S,
+                     limits=Limits(max_message_size=socket.MAX_INBOUND_MESSAGE_BYTES,
+                                   max_backlog=cfg.WS_MAX_BUFFERED_BYTES),
+                     send_buffer_bytes=cfg.WS_SEND_BUFFER_BYTES or None, timer=clock)
     clock.drive_from(door.wake)
     rt.metrics.gauge("accept_failures_total", lambda: door.accept_failures)
+    rt.metrics.gauge("http_refused_total", lambda: door.http_refused)
+    rt.metrics.gauge("http_timeouts_total", lambda: door.http_timeouts)
+    rt.metrics.gauge("websocket_protocol_errors_total", lambda: door.protocol_errors)
     return door.start()
 
 

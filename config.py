@@ -35,6 +35,7 @@ class Config:
     STREAM_TARGET_LEGS: str = "self"
     STREAM_TRACK: str = "inbound_track"
     STREAM_AUTH_TOKEN: str = ""
+    STREAM_AUTH_SECRET: str = ""
     L16_BYTE_ORDER: str = "big"
     API_TOKEN: str = ""
     HOST: str = "127.0.0.1"
@@ -53,6 +54,10 @@ class Config:
     TELNYX_TIMEOUT_S: float = 5.0
     TELNYX_MAX_RETRIES: int = 2
     WS_IDLE_TIMEOUT_S: float = 30.0
+    WS_MAX_BUFFERED_BYTES: int = 1 << 20
+    WS_SEND_BUFFER_BYTES: int = 0
+    HTTP_HEAD_TIMEOUT_S: float = 10.0
+    HTTP_BODY_MIN_RATE: int = 64 * 1024
     LOG_LEVEL: str = "INFO"
 
     def validate(self) -> Config:
@@ -89,6 +94,12 @@ class Config:
         need(self.TELNYX_TIMEOUT_S > 0, "TELNYX_TIMEOUT_S", "must be positive")
         need(0 <= self.TELNYX_MAX_RETRIES <= 10, "TELNYX_MAX_RETRIES", "must be within 0..10")
         need(self.WS_IDLE_TIMEOUT_S > 0, "WS_IDLE_TIMEOUT_S", "must be positive")
+        need(self.WS_MAX_BUFFERED_BYTES >= 4096, "WS_MAX_BUFFERED_BYTES", "must be at least 4096")
+        need(self.WS_SEND_BUFFER_BYTES >= 0, "WS_SEND_BUFFER_BYTES", "must be 0 (the kernel's) or positive")
+        need(self.HTTP_HEAD_TIMEOUT_S > 0, "HTTP_HEAD_TIMEOUT_S", "must be positive")
+        need(self.HTTP_BODY_MIN_RATE >= 1024, "HTTP_BODY_MIN_RATE", "must be at least 1024 bytes/s")
+        need(len(self.STREAM_AUTH_SECRET) in (0, *range(16, 4097)), "STREAM_AUTH_SECRET",
+             "must be 16 to 4096 characters, or empty for one made at start-up")
         need(self.WEBHOOK_TOLERANCE_S > 0, "WEBHOOK_TOLERANCE_S", "must be positive")
         return self
 

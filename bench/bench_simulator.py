@@ -49,7 +49,7 @@ REPLY_AUDIO = bytes(range(0x60, 0x60 + 160))  # 20 ms of PCMU
 
 
 def serve() -> None:
-    from streams.mediaplane import Connection, FrontDoor
+    from frontdoor import Connection, FrontDoor
     from streams.protocol import media_frame
 
     class Answer:

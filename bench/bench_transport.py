@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_transport.py [--calls 50,200] [--seconds 5]
 
 The server runs in a subprocess (pinned to one core when there are two or more) in one of:
-  mediaplane        FrontDoor; the handler replies from the loop thread
-  mediaplane+pacer  FrontDoor; the loop stores each call's frame, one pacer thread
+  frontdoor         FrontDoor; the handler replies from the loop thread
+  frontdoor+pacer   FrontDoor; the loop stores each call's frame, one pacer thread
                     parses it and sends the reply (same JSON work, sent across threads)
   flask-sock        flask-sock / simple-websocket on werkzeug's threaded server, replying
                     from the socket's handler thread (a server thread + a reader thread each)
@@ -41,7 +41,7 @@ from bench.serving import ServerProcess, answer_cpu_requests
 FRAME_S = 0.020
 WARMUP_S = 1.0
 PAYLOAD = base64.b64encode(bytes(range(160))).decode()  # one 20 ms PCMU frame
-MODES = ("mediaplane", "mediaplane+pacer", "flask-sock")
+MODES = ("frontdoor", "frontdoor+pacer", "flask-sock")
 
 
 # -- the work every server does per message, whatever carries it -------------------------------
@@ -78,8 +78,8 @@ def serve(mode: str) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per websocket
     stop = threading.Event()
     stopper: Callable[[], None]
-    if mode.startswith("mediaplane"):
-        from streams.mediaplane import Connection, FrontDoor
+    if mode.startswith("frontdoor"):
+        from frontdoor import Connection, FrontDoor
 
         pacer_mode = mode.endswith("+pacer")
         # Guards `conns` between the loop thread (accept/close) and the pacer thread.

@@ -346,15 +346,18 @@ class FakeTelnyx:
         text = body.decode() if isinstance(body, bytes) else body
         return self.signer.headers(text, int(timestamp))["telnyx-signature-ed25519"]
 
-    def probe_socket(self, url: str, *, auth_token: str | None = None, timeout: float = 5.0) -> int | None:
-        """Open a bare stream socket to `url` as Telnyx would (connected + start for an unknown call)
-        and return the app's close code; None if it stayed open for `timeout` s."""
+    def probe_socket(self, url: str, *, auth_token: str | None = None, start: dict[str, Any] | None = None,
+                     timeout: float = 5.0) -> int | None:
+        """Open a bare stream socket to `url` as Telnyx would (connected + `start`, by default for
+        an unknown call) and return the app's close code, or the HTTP status if it refused the
+        upgrade; None if it stayed open for `timeout` s."""
         if not self.allow_non_loopback and not is_loopback_url(url):
             raise ValueError(f"refusing non-loopback stream URL {url!r}")
-        start = {"event": "start", "sequence_number": "1", "stream_id": str(uuid.uuid4()),
-                 "start": {"user_id": self.user_id, "call_control_id": "v3:probe-" + secrets.token_urlsafe(8),
-                           "call_session_id": str(uuid.uuid4()), "from": "+15550100001", "to": "+15550100002",
-                           "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
+        start = start or {"event": "start", "sequence_number": "1", "stream_id": str(uuid.uuid4()),
+                          "start": {"user_id": self.user_id, "call_control_id": "v3:probe-" + secrets.token_urlsafe(8),
+                                    "call_session_id": str(uuid.uuid4()), "from": "+15550100001",
+                                    "to": "+15550100002",
+                                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
         return self.engine.submit(probe_socket(url, auth_token, start, timeout)).result(timeout * 2 + 5)
 
     def clear_faults(self) -> None:

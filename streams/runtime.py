@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from config import Config
 from eventlog import EventLog
+from streams.auth import StreamAuth
 from streams.injections import Limits
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
@@ -33,6 +34,7 @@ class Runtime:
     metrics: Metrics
     registry: SessionRegistry
     commands: CommandSender
+    stream_auth: StreamAuth
     started: float = field(default_factory=time.monotonic)
 
     def limits(self, sample_rate: int) -> Limits:

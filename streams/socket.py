@@ -1,27 +1,22 @@
 """The /stream WebSocket that Telnyx connects to after streaming_start.
 
-StreamHandler is the socket's application side, fed one message at a time whatever the
-transport: the media plane's loop thread (what `python app.py` serves, see plane_acceptor), or a
-flask-sock handler thread (handle_stream, for running the WSGI app under another server). The
-media clock (on that same loop thread under `python app.py`) writes our frames through the same
-Sender. Malformed frames are counted and
-logged, never fatal.
+`acceptor` is the front door's accept(): it checks the socket's auth token at the handshake
+(refusing with 401/403 before any frame) and gives each socket a StreamHandler, fed one message
+at a time on the front door's loop thread. The media clock (on that same thread) writes our
+frames through the same Sender. Malformed frames are counted and logged, never fatal.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-from typing import Any
-
-from flask import Flask, request
-from flask_sock import Sock
-from simple_websocket import ConnectionClosed
+from collections.abc import Callable
 
 from eventlog import EventLog
+from frontdoor import Connection, HttpError, Request
 from mixer.errors import UnsupportedCodec
-from streams import mediaplane, protocol
-from streams.connection import Connection, PlaneSender, Sender
+from streams import protocol
+from streams.auth import Grant, StreamAuthError
+from streams.connection import PlaneSender, Sender
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.runtime import Runtime
@@ -38,47 +33,21 @@ REPORT_FRAMES_EVERY = 50
 LOGGED_ERRORS_PER_SOCKET = 20
 
 
-def handle_stream(ws: Any, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
-                  auth_token: str, idle_timeout_s: float) -> None:
-    """flask-sock transport: pull frames from `ws` and feed them to a StreamHandler."""
-    handler = StreamHandler(Connection(ws), registry, log, metrics, auth_token=auth_token,
-                            header_token=request.headers.get(protocol.AUTH_TOKEN_HEADER),
-                            remote=request.remote_addr)
-    # Cleanup is in `finally`: flask-sock swallows ConnectionClosed outside this function.
-    try:
-        while True:
-            message = ws.receive(timeout=idle_timeout_s)
-            if message is None:
-                # Telnyx sends media every 20 ms; this long a silence means a dead peer.
-                handler.problem("idle_timeout", f"no frame for {idle_timeout_s:g} s")
-                break
-            if handler.on_message(message):
-                break
-    except ConnectionClosed:
-        pass
-    finally:
-        handler.on_close()
-
-
 class StreamHandler:
     """One Telnyx media socket, whatever carries it: frames in through on_message, ours out via conn."""
 
     def __init__(self, conn: Sender, registry: SessionRegistry, log: EventLog, metrics: Metrics, *,
-                 auth_token: str, header_token: str | None, remote: str | None) -> None:
+                 grant: Grant, remote: str | None) -> None:
         self.conn = conn
         self.registry = registry
         self.log = log
         self.metrics = metrics
-        self.auth_token = auth_token
+        self.grant = grant  # checked at the handshake: the call this socket may carry, if one
         self.remote = remote
-        self.authenticated = not auth_token or self._token_ok(header_token)
         self.session: CallSession | None = None
         self.stopped = False
         self.errors = 0
         self.unreported_frames = 0  # media frames not yet counted in /metrics
-
-    def _token_ok(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self.auth_token.encode())
 
     def on_message(self, message: str | bytes) -> bool:
         """Handle one message; True when the socket should close (stop, or refused)."""
@@ -87,12 +56,6 @@ class StreamHandler:
         except protocol.ProtocolError as exc:
             self.problem("malformed_frame", str(exc))
             return False
-        if not self.authenticated:
-            if isinstance(frame, protocol.Connected) and self._token_ok(frame.auth_token):
-                self.authenticated = True
-                return False
-            self._reject_auth()
-            return True
         if self._dispatch(frame):
             self.stopped = True
             self.on_close()  # the stream is over now, whenever the socket itself closes
@@ -139,6 +102,11 @@ class StreamHandler:
         return isinstance(frame, protocol.Stop)  # else `connected`: nothing to do
 
     def _start(self, start: protocol.Start) -> None:
+        allowed = self.grant.call_control_id
+        if allowed is not None and start.call_control_id != allowed:
+            self.problem("wrong_call", f"the socket's token is for {allowed}, not {start.call_control_id}")
+            self.conn.close(POLICY_VIOLATION, "token is for another call")
+            return
         if self.session is not None and self.session.call_control_id != start.call_control_id:
             self.problem("unexpected_start", "a second call on one socket")
             return
@@ -164,12 +132,6 @@ class StreamHandler:
         self.session = session
         self.registry.index_stream(session, start.stream_id)
 
-    def _reject_auth(self) -> None:
-        self.metrics.inc("websocket_errors_total", reason="auth")
-        self.log.record("stream.auth_failed", None, remote=self.remote)
-        logger.warning("media socket from %s refused: wrong or missing stream auth token", self.remote)
-        self.conn.close(POLICY_VIOLATION, "invalid stream auth token")
-
     def problem(self, reason: str, detail: str) -> None:
         self.errors += 1
         self.metrics.inc("websocket_errors_total", reason=reason)
@@ -183,45 +145,40 @@ class StreamHandler:
 MAX_INBOUND_MESSAGE_BYTES = 1 << 20
 
 
-def register(app: Flask, rt: Runtime) -> None:
-    """Mount /stream on `app`; each socket gets the runtime's objects, not Flask globals."""
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_INBOUND_MESSAGE_BYTES}
-    sock = Sock(app)
-
-    @sock.route("/stream")
-    def stream(ws: Any) -> None:
-        handle_stream(ws, rt.registry, rt.log, rt.metrics, auth_token=rt.config.STREAM_AUTH_TOKEN,
-                      idle_timeout_s=rt.config.WS_IDLE_TIMEOUT_S)
-
-
 class _PlaneHandler:
-    """A StreamHandler on the media plane: called on its loop thread, so nothing here blocks."""
+    """A StreamHandler on the front door: called on its loop thread, so nothing here blocks."""
 
-    def __init__(self, rt: Runtime, headers: dict[str, str], remote: str) -> None:
+    def __init__(self, rt: Runtime, grant: Grant, remote: str) -> None:
         self._rt = rt
-        self._headers = headers
+        self._grant = grant
         self._remote = remote
         self._handler: StreamHandler | None = None
 
-    def on_message(self, conn: mediaplane.Connection, data: str | bytes) -> None:
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
         handler = self._handler
         if handler is None:
             rt = self._rt
-            handler = self._handler = StreamHandler(
-                PlaneSender(conn), rt.registry, rt.log, rt.metrics, auth_token=rt.config.STREAM_AUTH_TOKEN,
-                header_token=self._headers.get(protocol.AUTH_TOKEN_HEADER), remote=self._remote)
+            handler = self._handler = StreamHandler(PlaneSender(conn), rt.registry, rt.log, rt.metrics,
+                                                    grant=self._grant, remote=self._remote)
         if handler.on_message(data):
-            conn.close(1000, "stream stopped" if handler.stopped else "refused")
+            conn.close(1000, "stream stopped")
 
-    def on_close(self, conn: mediaplane.Connection, code: int | None) -> None:
+    def on_close(self, conn: Connection, code: int | None) -> None:
         if self._handler is not None:
             self._handler.on_close()
 
 
-def plane_acceptor(rt: Runtime) -> mediaplane.AcceptFn:
-    """The media plane's accept(): every upgrade on /stream gets its own handler."""
+def acceptor(rt: Runtime) -> Callable[[Request, str], _PlaneHandler]:
+    """The front door's accept() for /stream: the token first, then a handler of its own."""
 
-    def accept(path: str, query: str, headers: dict[str, str], remote_addr: str) -> _PlaneHandler:
-        return _PlaneHandler(rt, headers, remote_addr)
+    def accept(request: Request, remote_addr: str) -> _PlaneHandler:
+        try:
+            grant = rt.stream_auth.check(request.header(protocol.AUTH_TOKEN_HEADER))
+        except StreamAuthError as exc:
+            rt.metrics.inc("stream_auth_refused_total", reason=exc.reason)
+            rt.log.record("stream.auth_failed", None, remote=remote_addr, reason=exc.reason)
+            logger.warning("media socket from %s refused: %s stream auth token", remote_addr, exc.reason)
+            raise HttpError(401 if exc.reason == "missing" else 403, f"stream_auth_{exc.reason}", str(exc)) from None
+        return _PlaneHandler(rt, grant, remote_addr)
 
     return accept

@@ -43,9 +43,9 @@ class LiveServer:
         self.close_transport()
 
 
-def start_server(telnyx: FakeTelnyx, db: Path, media: Path, *, transport: str = "mediaplane",
+def start_server(telnyx: FakeTelnyx, db: Path, media: Path, *, transport: str = "frontdoor",
                  **overrides: Any) -> LiveServer:
-    """The app as `python app.py` serves it (the media plane), or under flask-sock on werkzeug."""
+    """The app as `python app.py` serves it (the front door), or the WSGI app alone under werkzeug."""
     config = {
         "DATABASE_PATH": db,
         "MEDIA_DIR": media,
@@ -56,7 +56,7 @@ def start_server(telnyx: FakeTelnyx, db: Path, media: Path, *, transport: str = 
         **overrides,
     }
     app = create_app(config)
-    if transport == "mediaplane":
+    if transport == "frontdoor":
         door = serve(app, "127.0.0.1", 0)
         port, close = door.port, door.stop
     else:

@@ -25,3 +25,14 @@ def test_mixer_imports_no_web_db_or_network_code():
 
 def test_simulator_does_not_import_the_server():
     assert imported_roots("simulator") & {"streams", "webhooks", "eventlog", "app", "config"} == set()
+
+
+def test_frontdoor_knows_nothing_of_calls_or_telnyx():
+    forbidden = {"flask", "flask_sock", "telnyx", "streams", "webhooks", "eventlog", "simulator", "mixer", "app",
+                 "config"}
+    assert imported_roots("frontdoor") & forbidden == set()
+
+
+def test_streams_does_no_transport_of_its_own():
+    # The one door for /stream is frontdoor/; streams/ holds the call domain.
+    assert imported_roots("streams") & {"flask_sock", "simple_websocket", "wsproto", "httptools"} == set()

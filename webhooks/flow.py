@@ -82,9 +82,9 @@ class CallFlow:
             "stream_bidirectional_codec": c.STREAM_CODEC,
             "stream_bidirectional_sampling_rate": c.STREAM_SAMPLE_RATE,
             "stream_bidirectional_target_legs": c.STREAM_TARGET_LEGS,
+            # Always: no media socket is ever unauthenticated (streams.auth).
+            "stream_auth_token": self.rt.stream_auth.token_for(event.call_control_id),
         }
-        if c.STREAM_AUTH_TOKEN:
-            params["stream_auth_token"] = c.STREAM_AUTH_TOKEN
         self.rt.commands.submit("streaming_start", event.call_control_id,
                                 command_id=f"streaming_start-{event.call_control_id}", **params)
 

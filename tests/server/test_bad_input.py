@@ -352,12 +352,30 @@ def test_garbage_on_the_socket_is_counted_and_the_call_goes_on(telnyx, server, b
     wait_until(lambda: len(call.heard_pcm()) > 4000, what="the call's audio")
 
 
-@pytest.mark.parametrize("token", [None, "wrong"])
-def test_socket_without_the_right_auth_token_is_closed_1008(telnyx, make_server_, token):
-    server = make_server_(STREAM_AUTH_TOKEN="tok-123")
+@pytest.mark.parametrize(("token", "status", "reason"), [(None, 401, "missing"), ("wrong", 403, "invalid")])
+@pytest.mark.parametrize("static", [True, False])
+def test_socket_without_the_right_auth_token_is_refused_at_the_handshake(telnyx, make_server_, token, status,
+                                                                         reason, static):
+    server = make_server_(STREAM_AUTH_TOKEN="tok-123" if static else "")
     code = telnyx.probe_socket(server.url.replace("http", "ws") + "/stream", auth_token=token)
+    assert code == status  # an HTTP answer to the upgrade: no frame ever flowed
+    assert log_events(server, event="stream.auth_failed")[0]["data"]["reason"] == reason
+    assert f'mixer_stream_auth_refused_total{{reason="{reason}"}} 1' in server.http.get("/metrics").text
+
+
+def test_a_per_call_token_carries_only_its_own_call(telnyx, server):
+    first = connected_call(telnyx, server)
+    second = connected_call(telnyx, server)
+    tokens = {c.call_control_id: c.body["stream_auth_token"] for c in telnyx.commands if c.action == "streaming_start"}
+    assert tokens[first.call_control_id] != tokens[second.call_control_id]
+    start = {"event": "start", "sequence_number": "1", "stream_id": "stolen-stream",
+             "start": {"call_control_id": second.call_control_id,
+                       "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
+    code = telnyx.probe_socket(server.url.replace("http", "ws") + "/stream",
+                               auth_token=tokens[first.call_control_id], start=start)
     assert code == 1008
-    assert log_events(server, event="stream.auth_failed")
+    assert server.http.get("/streams/stolen-stream").status_code == 404
+    assert [e["data"]["reason"] for e in log_events(server, event="stream.frame_error")] == ["wrong_call"]
 
 
 def test_socket_with_the_right_auth_token_streams(telnyx, make_server_):
@@ -405,7 +423,10 @@ def test_a_start_frame_after_hangup_does_not_revive_the_call(telnyx, server, bys
     start = {"event": "start", "sequence_number": "1", "stream_id": "late-stream",
              "start": {"call_control_id": call.call_control_id,
                        "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
-    with connect(server.url.replace("http", "ws") + "/stream", open_timeout=5) as ws:
+    token = next(c.body["stream_auth_token"] for c in telnyx.commands
+                 if c.action == "streaming_start" and c.call_control_id == call.call_control_id)
+    with connect(server.url.replace("http", "ws") + "/stream", open_timeout=5,
+                 additional_headers={"x-telnyx-streaming-auth-token": token}) as ws:
         ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
         ws.send(json.dumps(start))
         try:

@@ -251,17 +251,15 @@ def test_health_turns_degraded_when_the_event_log_cannot_write(server):
     log.last_error = None
 
 
-def test_the_flask_sock_route_serves_a_call_too(telnyx, tmp_path, media_dir):
-    """For running the WSGI app under another server: /stream is also a flask-sock route."""
-    live = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, transport="flask-sock")
+def test_the_wsgi_app_alone_has_no_second_stream_door(telnyx, tmp_path, media_dir):
+    """Under another WSGI server the app serves REST and webhooks; /stream is only the front door's."""
+    live = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, transport="werkzeug")
     try:
-        call = connected_call(telnyx, live)
-        inj = inject(live, call, {"tone": {"frequency_hz": 1000, "duration_ms": 400, "level_dbfs": -6}})
-        wait_injection(live, call, inj["id"], "finished")
-        heard = non_silent(call.heard_pcm())
-        assert abs(sine_peak_dbfs(heard[800:-800]) - -6.0) <= 0.2
-        call.hangup()
-        wait_until(lambda: live.http.get(f"/streams/{call.call_control_id}").json()["status"] == "ended",
-                   what="ended")
+        assert live.http.get("/health").status_code == 200
+        response = live.http.get("/stream", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                                     "Sec-WebSocket-Version": "13"})
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
     finally:
         live.stop()

@@ -1,4 +1,4 @@
-"""RFC 6455 wire helpers for the media plane: handshake parsing, frame building, unmasking.
+"""RFC 6455 wire helpers: handshake checks, frame building, unmasking.
 
 Pure functions over bytes, no sockets, so they are cheap to test and to reason about. The hot
 ones (unmask, frame_text) are written for ~300-byte payloads, the size of one Telnyx media frame.
@@ -10,8 +10,9 @@ import base64
 import binascii
 import hashlib
 import struct
-from dataclasses import dataclass
 from typing import Any
+
+from frontdoor.http import HttpError, Request
 
 _np: Any
 try:
@@ -124,101 +125,32 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def http_response(status: str, body: str = "", extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete, self-closing HTTP/1.1 response for a refused upgrade."""
-    data = body.encode()
-    lines = [f"HTTP/1.1 {status}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(data)}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
-
-
 def switching_protocols(key: str) -> bytes:
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept_key(key).encode("ascii") + b"\r\n\r\n")
 
 
-# What `classify_request_line` decided about a connection's first bytes.
-WEBSOCKET = "websocket"
-HTTP = "http"
-UNDECIDED = "undecided"
+UPGRADE_REQUIRED = (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"))
 
 
-def classify_request_line(peeked: bytes, ws_paths: frozenset[str]) -> str:
-    """Route a connection by the start of its request line, without consuming it.
+def handshake_key(request: Request) -> str:
+    """Validate an RFC 6455 opening handshake; its Sec-WebSocket-Key, or an HttpError to answer."""
+    def tokens(name: str) -> set[str]:
+        return {t.strip().lower() for t in (request.header(name) or "").split(",")}
 
-    Only `GET <ws path>[?query] ` goes to the websocket loop; anything that cannot become that
-    goes to HTTP as soon as it is clear, so REST clients never wait for more bytes.
-    """
-    prefix = b"GET "
-    if not prefix.startswith(peeked[:4]):
-        return HTTP
-    if len(peeked) < 4:
-        return UNDECIDED
-    rest = peeked[4:]
-    end = len(rest)
-    for stop in (b" ", b"?", b"\r", b"\n"):
-        i = rest.find(stop, 0, end)
-        if i >= 0:
-            end = i
-    target = rest[:end].decode("latin-1")
-    if end < len(rest):
-        return WEBSOCKET if target in ws_paths else HTTP
-    return UNDECIDED if any(p.startswith(target) for p in ws_paths) else HTTP
-
-
-@dataclass(frozen=True)
-class UpgradeRequest:
-    path: str
-    query: str
-    headers: dict[str, str]
-    key: str
-
-
-class UpgradeRefused(ValueError):
-    def __init__(self, status: str, message: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
-
-    def response(self) -> bytes:
-        return http_response(self.status, str(self) + "\n", self.extra)
-
-
-def parse_upgrade(head: bytes) -> UpgradeRequest:
-    """Validate an RFC 6455 opening handshake (the head up to, excluding, the blank line)."""
+    if request.method != "GET" or request.version != "1.1":
+        raise HttpError(400, "bad_request", "A WebSocket upgrade is a GET over HTTP/1.1.")
+    if "websocket" not in tokens("upgrade"):
+        raise HttpError(426, "upgrade_required", "This path only speaks WebSocket.")
+    if "upgrade" not in tokens("connection"):
+        raise HttpError(400, "bad_request", "The Connection header lacks 'upgrade'.")
+    if request.header("sec-websocket-version") != "13":
+        raise HttpError(400, "bad_request", "Unsupported Sec-WebSocket-Version; this server speaks 13.")
+    key = request.header("sec-websocket-key") or ""
     try:
-        text = head.decode("latin-1")
-        request_line, _, header_block = text.partition("\r\n")
-        method, target, version = request_line.split(" ")
-    except ValueError:
-        raise UpgradeRefused("400 Bad Request", "malformed request line") from None
-    if method != "GET" or version != "HTTP/1.1":
-        raise UpgradeRefused("400 Bad Request", "a websocket upgrade is GET over HTTP/1.1")
-    headers: dict[str, str] = {}
-    for line in header_block.split("\r\n"):
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise UpgradeRefused("400 Bad Request", "malformed header line")
-        name = name.lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    if "websocket" not in {t.strip().lower() for t in headers.get("upgrade", "").split(",")}:
-        raise UpgradeRefused("426 Upgrade Required", "this path only speaks websocket",
-                             (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
-    if "upgrade" not in {t.strip().lower() for t in headers.get("connection", "").split(",")}:
-        raise UpgradeRefused("400 Bad Request", "Connection header lacks 'upgrade'")
-    if headers.get("sec-websocket-version") != "13":
-        raise UpgradeRefused("400 Bad Request", "unsupported Sec-WebSocket-Version",
-                             (("Sec-WebSocket-Version", "13"),))
-    key = headers.get("sec-websocket-key", "")
-    try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
+        valid_key = request.count("sec-websocket-key") == 1 and len(base64.b64decode(key, validate=True)) == 16
     except (binascii.Error, ValueError):
         valid_key = False
     if not valid_key:
-        raise UpgradeRefused("400 Bad Request", "missing or malformed Sec-WebSocket-Key")
-    path, _, query = target.partition("?")
-    return UpgradeRequest(path=path, query=query, headers=headers, key=key)
+        raise HttpError(400, "bad_request", "Missing or malformed Sec-WebSocket-Key.")
+    return key

@@ -1,4 +1,4 @@
-"""The media plane front door on loopback: real sockets, a real websocket client, hostile bytes."""
+"""The front door on loopback: real sockets, a real websocket client, hostile bytes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from flask import Flask, request
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from streams import mediaplane_wire as wire
-from streams.mediaplane import Connection, FrontDoor
+from frontdoor import Connection, FrontDoor, HttpError, Limits, Request, wire
 from tests.wsframes import frame
 
 WAIT_S = 5.0
@@ -62,16 +61,16 @@ class Harness:
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
         self.port = door.port
-        self.accepted: list[tuple[str, str, dict[str, str], str]] = []
+        self.accepted: list[tuple[str, str, Request, str]] = []
         self.handlers: list[Recorder] = []
         self.refuse = False
         self.echo = True
         self.delay_s = 0.0
 
-    def accept(self, path: str, query: str, headers: dict[str, str], remote: str) -> Recorder | None:
-        self.accepted.append((path, query, headers, remote))
+    def accept(self, request: Request, remote: str) -> Recorder:
+        self.accepted.append((request.path, request.query, request, remote))
         if self.refuse:
-            return None
+            raise HttpError(403, "forbidden", "Not this socket.")
         handler = Recorder(echo=self.echo, delay_s=self.delay_s)
         self.handlers.append(handler)
         return handler
@@ -106,8 +105,9 @@ def make_door() -> Iterator[Callable[..., Harness]]:
 
     def make(**options: Any) -> Harness:
         holder: list[Harness] = []
+        limits = {k: options.pop(k) for k in ("max_message_size", "max_backlog", "max_fragments") if k in options}
         door = FrontDoor("127.0.0.1", 0, ws_paths={"/stream"}, wsgi_app=make_app(), http_workers=2,
-                         accept=lambda *args: holder[0].accept(*args), **options)
+                         accept=lambda *args: holder[0].accept(*args), limits=Limits(**limits), **options)
         harness = Harness(door)
         holder.append(harness)
         doors.append(door.start())
@@ -233,22 +233,6 @@ def test_text_frame_length_encodings(size: int, head: bytes) -> None:
     assert len(frame) == len(head) + size
 
 
-@pytest.mark.parametrize(("peeked", "kind"), [
-    (b"GET /stream HTTP/1.1\r\n", wire.WEBSOCKET),
-    (b"GET /stream?token=x HTTP/1.1", wire.WEBSOCKET),
-    (b"GET /stream-info HTTP/1.1", wire.HTTP),
-    (b"GET /streams ", wire.HTTP),
-    (b"POST /stream HTTP/1.1", wire.HTTP),
-    (b"PUT", wire.HTTP),
-    (b"GE", wire.UNDECIDED),
-    (b"GET /str", wire.UNDECIDED),
-    (b"GET /stream", wire.UNDECIDED),
-    (b"GET /x", wire.HTTP),
-])
-def test_request_line_routing(peeked: bytes, kind: str) -> None:
-    assert wire.classify_request_line(peeked, frozenset({"/stream"})) == kind
-
-
 def test_close_payload_rules() -> None:
     assert wire.parse_close(b"") == (1005, "")
     assert wire.parse_close(b"\x03\xe8bye") == (1000, "bye")
@@ -268,9 +252,9 @@ def test_handshake_and_echo(plane: Harness) -> None:
         big = "é" * 40000  # multi-byte UTF-8, 64-bit length field
         ws.send(big)
         assert ws.recv(timeout=WAIT_S) == big
-    path, query, headers, remote = plane.accepted[0]
+    path, query, request, remote = plane.accepted[0]
     assert (path, query, remote) == ("/stream", "call=abc", "127.0.0.1")
-    assert headers["x-token"] == "t0k"
+    assert request.header("x-token") == "t0k"
     conn = plane.handlers[0].wait_conn()
     assert (conn.path, conn.query, conn.remote_addr, conn.headers["x-token"]) == ("/stream", "call=abc",
                                                                                    "127.0.0.1", "t0k")
@@ -346,6 +330,44 @@ def test_protocol_violations_close_with_their_code(plane: Harness, raw: Callable
     assert plane.handlers[0].closes == [code]
 
 
+@pytest.mark.parametrize(("first_byte", "code"), [
+    (0xC1, 1002),  # RSV1 on a text frame
+    (0x83, 1002),  # reserved data opcode
+    (0x8B, 1002),  # reserved control opcode
+])
+def test_a_bad_frame_header_is_refused_before_its_payload(plane: Harness, raw: Callable[[], RawClient],
+                                                          first_byte: int, code: int) -> None:
+    client = raw().upgrade()
+    # The header announces 1 MiB that never comes: the answer cannot wait for it.
+    client.sock.sendall(bytes((first_byte, 0x80 | 127)) + (1 << 20).to_bytes(8, "big") + b"mask" + b"x" * 100)
+    assert client.read_close() == code
+    assert plane.handlers[0].closed.wait(WAIT_S)
+
+
+def test_invalid_utf8_is_refused_at_its_fragment(plane: Harness, raw: Callable[[], RawClient]) -> None:
+    client = raw().upgrade()
+    client.sock.sendall(masked(wire.OP_TEXT, "é".encode(), fin=False) + masked(wire.OP_CONT, b"\xff", fin=False))
+    assert client.read_close() == 1007  # before any final fragment
+    # A character split across fragments is fine.
+    client = raw().upgrade()
+    encoded = "é".encode()
+    client.sock.sendall(masked(wire.OP_TEXT, encoded[:1], fin=False) + masked(wire.OP_CONT, encoded[1:]))
+    assert client.read_frame() == (wire.OP_TEXT, encoded)
+
+
+def test_a_message_may_have_only_so_many_fragments(make_door: Callable[..., Harness]) -> None:
+    plane = make_door(max_fragments=4)
+    client = RawClient(plane.port).upgrade()
+    try:
+        client.sock.sendall(masked(wire.OP_TEXT, b"a", fin=False) + masked(wire.OP_CONT, b"b", fin=False)
+                            + masked(wire.OP_CONT, b"c", fin=False) + masked(wire.OP_CONT, b"d"))
+        assert client.read_frame() == (wire.OP_TEXT, b"abcd")
+        client.sock.sendall(b"".join(masked(wire.OP_CONT if i else wire.OP_TEXT, b"x", fin=False) for i in range(5)))
+        assert client.read_close() == 1008
+    finally:
+        client.close()
+
+
 def test_oversize_message_is_closed_with_1009(make_door: Callable[..., Harness]) -> None:
     plane = make_door(max_message_size=1024)
     with plane.ws() as ws:
@@ -373,21 +395,22 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 @pytest.mark.parametrize(("head", "status", "header"), [
     (handshake(None), "400", ""),
     (handshake(base64.b64encode(b"short").decode()), "400", ""),
-    (handshake(KEY, version="8"), "400", "Sec-WebSocket-Version: 13"),
+    (handshake(KEY, version="8"), "400", ""),
     (handshake(KEY, upgrade=False), "426", "Upgrade: websocket"),
     (b"GET /stream HTTP/1.0\r\n\r\n", "400", ""),
 ])
-def test_bad_upgrade_is_refused_with_plain_http(plane: Harness, raw: Callable[[], RawClient],
-                                                head: bytes, status: str, header: str) -> None:
+def test_bad_upgrade_is_refused_with_a_json_error(plane: Harness, raw: Callable[[], RawClient],
+                                                  head: bytes, status: str, header: str) -> None:
     client = raw()
     response = client.http(head)
     assert response.split(" ")[1] == status
     assert header in response
+    assert "Content-Type: application/json" in response
     assert client.at_eof()
     assert plane.accepted == []
 
 
-def test_accept_returning_none_is_403(plane: Harness) -> None:
+def test_accept_raising_http_error_is_its_answer(plane: Harness) -> None:
     plane.refuse = True
     with pytest.raises(InvalidStatus) as refused:
         plane.ws()
