@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,16 @@ def test_bad_config_stops_start_up_naming_the_key(tmp_path):
 class AppProcess:
     """`python app.py` on a free port against the simulator, its output in tmp_path/server.log."""
 
-    def __init__(self, telnyx: FakeTelnyx, tmp_path: Path) -> None:
+    def __init__(self, telnyx: FakeTelnyx, tmp_path: Path, env: Mapping[str, str] | None = None) -> None:
+        """`env`: settings added to (or replacing) the ones below, e.g. {"STREAM_AUTH_TOKEN": "tok"}."""
         port = free_port()
         self.db = tmp_path / "db.sqlite3"
         self.log_path = tmp_path / "server.log"
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(self.db),
-               "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
-               "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING"}
+        environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "DATABASE_PATH": str(self.db),
+                   "TELNYX_API_KEY": API_KEY, "TELNYX_BASE_URL": telnyx.base_url,
+                   "TELNYX_PUBLIC_KEY": telnyx.public_key, "LOG_LEVEL": "WARNING", **(env or {})}
         self._log_file = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self._log_file,
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
