@@ -156,6 +156,16 @@ class Connection:
             self.bytes_out += len(data)
             return self._write_locked(data)
 
+    def send_binary(self, data: bytes) -> bool:
+        """Queue one binary message; False once the connection is closing or closed."""
+        framed = wire.frame(wire.OP_BINARY, data)
+        with self._lock:
+            if self._state != _OPEN:
+                return False
+            self.messages_out += 1
+            self.bytes_out += len(framed)
+            return self._write_locked(framed)
+
     def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> None:
         """Start the close handshake; on_close follows once the peer answers or times out."""
         with self._lock:

@@ -298,6 +298,8 @@ def test_binary_message_reaches_the_handler_as_bytes(plane: Harness) -> None:
     with plane.ws() as ws:
         ws.send(b"\x00\xffpcm")
         assert ws.recv(timeout=WAIT_S) == "bytes:00ff70636d"
+        plane.handlers[0].wait_conn().send_binary(b"\x01\x02")
+        assert ws.recv(timeout=WAIT_S) == b"\x01\x02"
     assert plane.handlers[0].messages == [b"\x00\xffpcm"]
 
 
