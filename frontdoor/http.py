@@ -103,7 +103,7 @@ class RequestReader:
             offset = exc.args[0] if exc.args else len(data)
             self.upgrade_rest = bytes(data[offset:])
             if self.head is None:  # unreachable with llhttp; never serve half a head
-                raise HttpError(400, "bad_request", "malformed request") from None
+                raise HttpError(400, "bad_request", "Malformed request.") from None
             self.head.upgrade = True
             self.request = self.head
         except httptools.HttpParserCallbackError as exc:
@@ -113,10 +113,10 @@ class RequestReader:
                 raise cause from None
             raise
         except httptools.HttpParserError as exc:
-            raise HttpError(400, "bad_request", f"malformed request: {_reason(exc)}") from None
+            raise HttpError(400, "bad_request", f"Malformed request: {_reason(exc)}.") from None
         if self.head is None and self._head_bytes > self.max_head_bytes:
             raise HttpError(431, "request_header_fields_too_large",
-                            f"the request head is larger than {self.max_head_bytes} bytes")
+                            f"The request head is larger than {self.max_head_bytes} bytes.")
         return self.request
 
     # -- llhttp callbacks (names fixed by httptools) -----------------------------------------
@@ -131,7 +131,7 @@ class RequestReader:
             return
         self._p.url += url
         if len(self._p.url) > self.max_head_bytes:
-            raise HttpError(414, "uri_too_long", f"the request target is longer than {self.max_head_bytes} bytes")
+            raise HttpError(414, "uri_too_long", f"The request target is longer than {self.max_head_bytes} bytes.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._p.messages > 1:
@@ -143,14 +143,14 @@ class RequestReader:
         p.value += value
         if len(p.name) + len(p.value) > self.max_header_line:
             raise HttpError(431, "request_header_fields_too_large",
-                            f"a header line is longer than {self.max_header_line} bytes")
+                            f"A header field is longer than {self.max_header_line} bytes.")
 
     def _end_header(self) -> None:
         p = self._p
         if p.name:
             if len(p.headers) >= self.max_headers:
                 raise HttpError(431, "request_header_fields_too_large",
-                                f"more than {self.max_headers} header fields")
+                                f"The request has more than {self.max_headers} header fields.")
             p.headers.append((p.name.decode("latin-1").lower(), p.value.decode("latin-1").strip()))
         p.name = bytearray()
         p.value = bytearray()
@@ -162,15 +162,15 @@ class RequestReader:
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.0", "1.1"):
-            raise HttpError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served")
+            raise HttpError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are served.")
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
-            raise HttpError(405, "method_not_allowed", "CONNECT is not served")
+            raise HttpError(405, "method_not_allowed", "CONNECT is not served.")
         target = self._p.url.decode("latin-1")
         try:
             url = httptools.parse_url(bytes(self._p.url))
         except httptools.HttpParserInvalidURLError:
-            raise HttpError(400, "bad_request", "malformed request target") from None
+            raise HttpError(400, "bad_request", "Malformed request target.") from None
         raw_path = url.path or b"/"
         request = Request(
             method=method, target=target,
@@ -180,20 +180,20 @@ class RequestReader:
         hosts = request.count("host")
         # RFC 7230 5.4: an HTTP/1.1 request has exactly one Host; anything else is a 400.
         if hosts > 1 or (version == "1.1" and hosts == 0):
-            raise HttpError(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+            raise HttpError(400, "bad_request", "An HTTP/1.1 request needs exactly one Host header.")
         length = request.header("content-length")
         chunked = request.header("transfer-encoding") is not None
         if length is not None and not length.isdigit():
-            raise HttpError(400, "bad_request", "malformed Content-Length")
+            raise HttpError(400, "bad_request", "Malformed Content-Length.")
         if parser.should_upgrade() and (chunked or int(length or 0) > 0):
-            raise HttpError(400, "bad_request", "an upgrade request carries no body")
+            raise HttpError(400, "bad_request", "An upgrade request carries no body.")
         if length is not None and int(length) > self.max_body_bytes:
             raise HttpError(413, "payload_too_large",
                             f"The request body is larger than the limit of {self.max_body_bytes} bytes.")
         expect = request.header("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
-                raise HttpError(417, "expectation_failed", "only 'Expect: 100-continue' is understood")
+                raise HttpError(417, "expectation_failed", "Only 'Expect: 100-continue' is understood.")
             request.expect_continue = version == "1.1" and (chunked or int(length or 0) > 0)
         self.head = request
 
