@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+import apitoken
 import errors
 from config import ConfigError, load_config
 from eventlog import EventLog
@@ -70,11 +71,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                  registry=SessionRegistry(settings, log, metrics), commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=cfg.STREAM_AUTH_SECRET))
     app.extensions["mixer_runtime"] = rt
-    app.extensions["webhook_dedupe"] = webhook_views.Deduper()
 
     errors.register(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(webhook_views.bp)
+    apitoken.init_app(app, cfg.API_TOKEN)
+    api.init_app(app)
+    webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
                interrupted=len(interrupted))
     return app

@@ -140,10 +140,22 @@ class EventLog:
         next_cursor = items[-1]["id"] if len(rows) > limit else None
         return items, next_cursor
 
-    def calls(self) -> list[dict[str, Any]]:
+    def calls(self, *, status: str | None = None, after: int = 0,
+              limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """Calls in the order they were first logged, after cursor `after`; (items, next cursor or None).
+
+        The cursor is the row's rowid: an upsert keeps it, so pages are stable while calls change.
+        """
+        where: list[str] = ["rowid > ?"]
+        args: list[object] = [after]
+        if status:
+            where.append("status = ?")
+            args.append(status)
         with self._connect() as db:
-            rows = db.execute("SELECT data FROM calls ORDER BY created_at, call_control_id").fetchall()
-        return [json.loads(r[0]) for r in rows]
+            rows = db.execute(f"SELECT rowid, data FROM calls WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",
+                              [*args, limit + 1]).fetchall()
+        items = [json.loads(r[1]) for r in rows[:limit]]
+        return items, (rows[limit - 1][0] if len(rows) > limit else None)
 
     def call(self, key: str) -> dict[str, Any] | None:
         """A call by call_control_id or stream_id."""

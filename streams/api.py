@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
+import apitoken
 from errors import ApiError
-from eventlog import LIVE_STATUSES
 from streams import injections
-from streams.runtime import Runtime
+from streams.runtime import VERSION
+from streams.runtime import current as runtime
 from streams.session import CallSession, Injection
+from streams.status import CallNotActive, CallStatus, TooManyInjections
 
 bp = Blueprint("streams", __name__)
-VERSION = "0.1.0"
 
 
-def runtime() -> Runtime:
-    rt: Runtime = current_app.extensions["mixer_runtime"]
-    return rt
-
-
-@bp.before_app_request
-def require_api_token() -> None:
-    """Bearer token for the REST API when API_TOKEN is set; webhooks and /health are exempt."""
-    token = runtime().config.API_TOKEN
-    if not token or request.path in ("/health", "/webhooks/voice", "/stream"):
-        return
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "Send the API token as 'Authorization: Bearer <token>'.")
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
 
 
 @bp.get("/health")
+@apitoken.public
 def health() -> tuple[Response, int]:
     rt = runtime()
     ok = rt.log.healthy
@@ -54,18 +43,28 @@ def health() -> tuple[Response, int]:
 
 @bp.get("/streams")
 def list_streams() -> Response:
-    status = request.args.get("status", "active")
-    if status not in ("active", "all"):
-        raise ApiError(422, "invalid_field", "status must be 'active' or 'all'.", "status")
+    """The live calls (status=active, the default), or pages of every call ever (status=all, or
+    one status such as ended), oldest first, live ones as they are now."""
+    args = request.args
+    _refuse_unknown(args, ("status", "limit", "cursor"))
+    status = args.get("status", "active")
+    statuses = ["active", "all", *CallStatus]
+    if status not in statuses:
+        raise ApiError(422, "invalid_field", f"status must be one of {', '.join(statuses)}.", "status")
     rt = runtime()
     live = {s.call_control_id: s.view() for s in rt.registry.sessions()}
     if status == "active":
-        return jsonify({"items": [v for v in live.values() if v["status"] in LIVE_STATUSES]})
-    rt.log.flush()
-    items = [live.get(call["call_control_id"], call) for call in rt.log.calls()]
-    known = {item["call_control_id"] for item in items}
-    items += [v for k, v in live.items() if k not in known]
-    return jsonify({"items": items})
+        for name in ("limit", "cursor"):
+            if name in args:
+                raise ApiError(422, "invalid_field", f"{name} pages the call history: use it with status=all "
+                               "or a call status.", name)
+        return jsonify({"items": [v for s in rt.registry.sessions() if s.live
+                                  for v in [live[s.call_control_id]]], "next_cursor": None})
+    limit, cursor = _page(args)
+    rt.log.flush()  # every session is logged when it is created: the history holds them all
+    logged, next_id = rt.log.calls(status=None if status == "all" else status, after=cursor, limit=limit)
+    items = [live.get(call["call_control_id"], call) for call in logged]
+    return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
 
 @bp.get("/streams/<key>")
@@ -98,11 +97,12 @@ def inject(key: str) -> tuple[Response, int]:
     )
     # The answer shows it as created (DESIGN §5): the clock may start playing it before we reply.
     view = session.injection_view(inj)
-    refused = session.add_injection(inj, samples, max_active=rt.config.MAX_ACTIVE_INJECTIONS)
-    if refused == "too_many":
-        raise _too_many()
-    if refused is not None:  # the call ended while the source was decoding
-        raise _not_active(session.call_control_id, session.status)
+    try:
+        session.add_injection(inj, samples, max_active=rt.config.MAX_ACTIVE_INJECTIONS)
+    except TooManyInjections:
+        raise _too_many() from None
+    except CallNotActive as exc:  # the call ended while the source was decoding
+        raise _not_active(exc.call_control_id, exc.status) from None
     if req.mode == "playback":
         rt.start_playback(session, inj, req.value)
     return jsonify(view), 201
@@ -163,17 +163,8 @@ def clear(key: str) -> Response:
 @bp.get("/stream-log")
 def stream_log() -> Response:
     args = request.args
-    unknown = [name for name in args if name not in ("call_control_id", "event", "since", "limit",
-                                                     "cursor")]
-    if unknown:
-        raise ApiError(422, "unknown_field", f"Unknown query parameter {unknown[0]!r}.", unknown[0])
-    limit_text = args.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
-        raise ApiError(422, "out_of_range", "limit must be a whole number from 1 to 1000.", "limit")
-    cursor = args.get("cursor", "0")
-    if not cursor.isdigit():
-        raise ApiError(422, "invalid_field", "cursor must be a next_cursor value from a previous page.",
-                       "cursor")
+    _refuse_unknown(args, ("call_control_id", "event", "since", "limit", "cursor"))
+    limit, cursor = _page(args)
     since = args.get("since")
     if since is not None and not _is_iso_time(since):
         raise ApiError(422, "invalid_field", "since must be an ISO 8601 UTC time like "
@@ -182,7 +173,7 @@ def stream_log() -> Response:
     log.flush()
     items, next_id = log.events(
         call_control_id=args.get("call_control_id"), event=args.get("event"),
-        since=_normalise_time(since) if since else None, after_id=int(cursor), limit=int(limit_text),
+        since=_normalise_time(since) if since else None, after_id=cursor, limit=limit,
     )
     return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
@@ -193,6 +184,24 @@ def metrics() -> Response:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _refuse_unknown(args: Mapping[str, str], known: tuple[str, ...]) -> None:
+    unknown = [name for name in args if name not in known]
+    if unknown:
+        raise ApiError(422, "unknown_field", f"Unknown query parameter {unknown[0]!r}.", unknown[0])
+
+
+def _page(args: Mapping[str, str]) -> tuple[int, int]:
+    """(limit, cursor) of a paged list: limit 1..1000 (100), cursor a previous page's next_cursor."""
+    limit_text = args.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise ApiError(422, "out_of_range", "limit must be a whole number from 1 to 1000.", "limit")
+    cursor = args.get("cursor", "0")
+    if not cursor.isdigit():
+        raise ApiError(422, "invalid_field", "cursor must be a next_cursor value from a previous page.",
+                       "cursor")
+    return int(limit_text), int(cursor)
 
 
 def _request_fields(json_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:

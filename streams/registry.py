@@ -11,6 +11,7 @@ from mixer.pacer import PacerStats
 from streams.clock import MediaClock
 from streams.metrics import Metrics
 from streams.session import CallSession, SessionSettings
+from streams.status import CallStatus
 
 logger = logging.getLogger(__name__)
 RECENTLY_ENDED = 10_000
@@ -67,7 +68,7 @@ class SessionRegistry:
             self._by_stream[stream_id] = session
             session.stream_ids.add(stream_id)
 
-    def close(self, session: CallSession, status: str, reason: str) -> None:
+    def close(self, session: CallSession, status: CallStatus, reason: str) -> None:
         """End a session and forget it; its history stays in the event log."""
         session.end(status, reason)
         with self._lock:
@@ -85,7 +86,7 @@ class SessionRegistry:
     def shutdown(self) -> None:
         """SIGTERM: every live call is marked interrupted, then the media clock stops."""
         for session in self.sessions():
-            self.close(session, "interrupted", "server_shutdown")
+            self.close(session, CallStatus.INTERRUPTED, "server_shutdown")
         self.clock.stop()
 
     def _report_clock(self, stats: PacerStats) -> None:
@@ -95,8 +96,8 @@ class SessionRegistry:
             return
         before = self._reported
         self._metrics.inc("frames_sent_total", sent - before[0])
-        self._metrics.inc("frames_late_total", late - before[1])
-        self._metrics.inc("frames_skipped_total", skipped - before[2])
+        self._metrics.inc("clock_ticks_late_total", late - before[1])
+        self._metrics.inc("clock_ticks_skipped_total", skipped - before[2])
         self._metrics.observe_lateness(stats.lateness)
         del stats.lateness[:]  # the histogram keeps the distribution; the array would grow all call
         self._reported = (sent, late, skipped)

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from flask import current_app
+
 from config import Config
 from eventlog import EventLog
 from streams.auth import StreamAuth
@@ -17,6 +19,14 @@ from streams.injections import Limits
 from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.session import CallSession, Injection
+
+VERSION = "0.1.0"
+
+
+def current() -> Runtime:
+    """The runtime of the app handling this request (views only; threads are handed theirs)."""
+    rt: Runtime = current_app.extensions["mixer_runtime"]
+    return rt
 
 
 class CommandSender(Protocol):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eventlog import LIVE_STATUSES, EventLog, utc_now
+from eventlog import EventLog, utc_now
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
@@ -26,10 +26,10 @@ from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
 from streams.metrics import Metrics
+from streams.status import LIVE, TERMINAL, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_INJECTION = ("finished", "stopped", "failed")
 CALLER_AUDIO_BACKLOG = 25  # fewest inbound frames kept for the ducking detector between ticks
 
 
@@ -59,7 +59,7 @@ class Injection:
     mode: str
     duration_ms: int | None
     created_at: str = field(default_factory=utc_now)
-    status: str = "created"
+    status: InjectionStatus = InjectionStatus.CREATED
     started_at: str | None = None
     ended_at: str | None = None
     error: str | None = None
@@ -67,7 +67,7 @@ class Injection:
 
     @property
     def active(self) -> bool:
-        return self.status not in TERMINAL_INJECTION
+        return self.status not in TERMINAL
 
 
 class CallSession:
@@ -79,7 +79,7 @@ class CallSession:
         self._metrics = metrics
         # Guards every mutable field below (status, injections, marks, connection, codec).
         self._lock = threading.Lock()
-        self.status = "answering"
+        self.status = CallStatus.ANSWERING
         self.stream_id: str | None = None
         self.stream_ids: set[str] = set()  # every stream of the call; the registry's index keys
         self.info: dict[str, Any] = {"from": None, "to": None, "direction": None}
@@ -114,18 +114,18 @@ class CallSession:
 
     @property
     def live(self) -> bool:
-        return self.status in LIVE_STATUSES  # the event log marks exactly these interrupted at start-up
+        return self.status in LIVE
 
     # -- call lifecycle (webhook threads) -----------------------------------------------------
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: CallStatus) -> None:
         with self._lock:
             if not self.live:
                 return
             self.status = status
         self.save()
 
-    def end(self, status: str, reason: str) -> None:
+    def end(self, status: CallStatus, reason: str) -> None:
         """Hang-up, stream failure, shutdown: leave the clock, stop every injection; keep history."""
         with self._lock:
             if not self.live:
@@ -136,11 +136,11 @@ class CallSession:
             conn, self._conn = self._conn, None
             for inj in self.injections.values():
                 if inj.active:
-                    self._finish(inj, "stopped", error=None)
+                    self._finish(inj, InjectionStatus.STOPPED, error=None)
             self._pending_marks.clear()
         self._clock.remove(self)
         self.mixer.stop_all()
-        if conn is not None and status != "ended":
+        if conn is not None and status != CallStatus.ENDED:
             conn.close(1000, reason)
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
@@ -160,8 +160,8 @@ class CallSession:
             old = self._conn
             self._conn = conn
             self.stream_id = start.stream_id
-            if self.status in ("answering", "answered", "disconnected", "streaming"):
-                self.status = "streaming"
+            if self.status in LIVE:
+                self.status = CallStatus.STREAMING
             self.started_at = self.started_at or utc_now()
             self.info["from"] = self.info.get("from") or start.from_number
             self.info["to"] = self.info.get("to") or start.to_number
@@ -171,7 +171,7 @@ class CallSession:
                 self.frame_samples = self.geometry.samples_per_frame
                 for inj in self.injections.values():
                     if inj.active and inj.mode == "mix":
-                        self._finish(inj, "failed", error="stream sample rate changed")
+                        self._finish(inj, InjectionStatus.FAILED, error="stream sample rate changed")
                 self.mixer.stop_all()
                 self.mixer = self._new_mixer()
             self._codec = codec
@@ -198,9 +198,9 @@ class CallSession:
                 # The audio was all sent; the socket went away before Telnyx confirmed it.
                 inj = self.injections.get(key)
                 if inj is not None and inj.active:
-                    self._finish(inj, "finished", error=None)
+                    self._finish(inj, InjectionStatus.FINISHED, error=None)
             if self.live:
-                self.status = "disconnected"
+                self.status = CallStatus.DISCONNECTED
         self._clock.remove(self)
         self._log.record("stream.stop_received" if stopped else "stream.disconnected",
                          self.call_control_id, stream_id=self.stream_id)
@@ -225,7 +225,7 @@ class CallSession:
             inj = self.injections.get(name)
             if inj is None or not inj.active:
                 return
-            self._finish(inj, "finished", error=None)
+            self._finish(inj, InjectionStatus.FINISHED, error=None)
         self.save()
 
     # -- injections (request threads) ---------------------------------------------------------
@@ -234,16 +234,16 @@ class CallSession:
         with self._lock:
             return sum(1 for inj in self.injections.values() if inj.active)
 
-    def add_injection(self, inj: Injection, samples: np.ndarray | None, *, max_active: int) -> str | None:
+    def add_injection(self, inj: Injection, samples: np.ndarray | None, *, max_active: int) -> None:
         """Register and start `inj`; `samples` (float32 at the stream rate) unless delegated.
 
-        Returns why it was refused ("not_active", "too_many"), checked atomically with adding it.
+        Raises CallNotActive or TooManyInjections, checked atomically with adding it.
         """
         with self._lock:
             if not self.live:
-                return "not_active"
+                raise CallNotActive(self.call_control_id, self.status)
             if sum(1 for other in self.injections.values() if other.active) >= max_active:
-                return "too_many"
+                raise TooManyInjections(max_active)
             self.injections[inj.id] = inj
             if samples is not None:
                 self._not_started.append(inj)
@@ -253,7 +253,6 @@ class CallSession:
             self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop,
                            fade_in_ms=inj.fade_in_ms, fade_out_ms=inj.fade_out_ms, duck=inj.duck)
         self.save()
-        return None
 
     def set_gain(self, inj: Injection, gain_db: float) -> None:
         with self._lock:
@@ -268,7 +267,7 @@ class CallSession:
             if not inj.active:
                 return
             inj.played_ms = self._played_ms(inj)
-            self._finish(inj, "stopped", error=None)
+            self._finish(inj, InjectionStatus.STOPPED, error=None)
         if inj.mode == "mix":
             self.mixer.stop(inj.id)
         self.save()
@@ -280,7 +279,7 @@ class CallSession:
             stopped = [inj for inj in self.injections.values() if inj.active]
             for inj in stopped:
                 inj.played_ms = self._played_ms(inj)
-                self._finish(inj, "stopped", error=None)
+                self._finish(inj, InjectionStatus.STOPPED, error=None)
             self._pending_marks.clear()
             conn = self._conn
         self.mixer.stop_all()
@@ -296,23 +295,23 @@ class CallSession:
             if not inj.active:
                 return
             if ok:
-                inj.status = "playing"
+                inj.status = InjectionStatus.PLAYING
                 inj.started_at = utc_now()
             else:
-                self._finish(inj, "failed", error=error)
+                self._finish(inj, InjectionStatus.FAILED, error=error)
         if ok:
             self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
         self.save()
 
-    def playback_ended(self, inj: Injection, status: str) -> None:
+    def playback_ended(self, inj: Injection, status: InjectionStatus) -> None:
         with self._lock:
             if inj.active:
                 self._finish(inj, status, error=None)
         self.save()
 
-    def _finish(self, inj: Injection, status: str, *, error: str | None) -> None:
+    def _finish(self, inj: Injection, status: InjectionStatus, *, error: str | None) -> None:
         """Move `inj` to a final status. Caller holds _lock."""
-        if status == "finished" and inj.duration_ms is not None:
+        if status == InjectionStatus.FINISHED and inj.duration_ms is not None:
             inj.played_ms = inj.duration_ms
         inj.status = status
         inj.error = error
@@ -371,8 +370,8 @@ class CallSession:
         marks = []
         with self._lock:
             for waiting in self._not_started:
-                if waiting.status == "created":
-                    waiting.status = "playing"
+                if waiting.status == InjectionStatus.CREATED:
+                    waiting.status = InjectionStatus.PLAYING
                     waiting.started_at = utc_now()
                     self._log.record("injection.playing", self.call_control_id, injection_id=waiting.id)
             self._not_started.clear()

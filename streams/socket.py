@@ -21,6 +21,7 @@ from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.runtime import Runtime
 from streams.session import CallSession
+from streams.status import CallStatus
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class StreamHandler:
             return
         if created:
             # Streams we never saw a webhook for (e.g. started from another app) still mix.
-            session.set_status("answered")
+            session.set_status(CallStatus.ANSWERED)
         self.conn.label = start.call_control_id
         try:
             attached = session.attach(start, self.conn)

@@ -14,6 +14,7 @@ from typing import Any
 
 from streams.runtime import Runtime
 from streams.session import CallSession
+from streams.status import CallStatus, InjectionStatus
 from webhooks.events import WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class CallFlow:
         if session is None:
             return
         session.save()
-        if event.payload.get("direction") == "incoming" and session.status == "answering":
+        if event.payload.get("direction") == "incoming" and session.status == CallStatus.ANSWERING:
             self.rt.commands.submit("answer", event.call_control_id,
                                     command_id=f"answer-{event.call_control_id}")
 
@@ -71,9 +72,9 @@ class CallFlow:
         session = self._session(event)
         if session is None:
             return
-        if session.status not in ("answering", "answered"):
+        if session.status not in (CallStatus.ANSWERING, CallStatus.ANSWERED):
             return  # already streaming (or reconnecting): a second streaming_start would replace it
-        session.set_status("answered")
+        session.set_status(CallStatus.ANSWERED)
         c = self.rt.config
         params: dict[str, Any] = {
             "stream_url": self.stream_url,
@@ -102,7 +103,7 @@ class CallFlow:
                            stream_params=event.payload.get("stream_params"))
         logger.error("[%s] Telnyx could not stream to us: %s", event.call_control_id, reason)
         if session is not None:
-            self.rt.registry.close(session, "failed", f"streaming.failed: {reason}")
+            self.rt.registry.close(session, CallStatus.FAILED, f"streaming.failed: {reason}")
 
     def hangup(self, event: WebhookEvent) -> None:
         session = self.rt.registry.get(event.call_control_id)
@@ -111,7 +112,7 @@ class CallFlow:
             session = self._session(event)
             if session is None:
                 return
-        self.rt.registry.close(session, "ended", f"hangup: {cause}")
+        self.rt.registry.close(session, CallStatus.ENDED, f"hangup: {cause}")
 
     def playback(self, event: WebhookEvent) -> None:
         """call.playback.* of an injection in mode "playback" (its id is our client_state)."""
@@ -128,4 +129,5 @@ class CallFlow:
             return
         if event.event_type == "call.playback.ended":
             status = event.payload.get("status")
-            session.playback_ended(inj, "finished" if status in (None, "completed") else "stopped")
+            ended = InjectionStatus.FINISHED if status in (None, "completed") else InjectionStatus.STOPPED
+            session.playback_ended(inj, ended)

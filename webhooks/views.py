@@ -12,11 +12,13 @@ import threading
 import time
 from collections import OrderedDict
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from nacl.signing import VerifyKey
 
+import apitoken
 from errors import ApiError
 from streams.runtime import Runtime
+from streams.runtime import current as runtime
 from webhooks import signature
 from webhooks.events import parse_event
 from webhooks.flow import CallFlow
@@ -52,12 +54,13 @@ class Deduper:
             self._seen.pop(event_id, None)
 
 
-def runtime() -> Runtime:
-    rt: Runtime = current_app.extensions["mixer_runtime"]
-    return rt
+def init_app(app: Flask) -> None:
+    app.extensions["webhook_dedupe"] = Deduper()
+    app.register_blueprint(bp)
 
 
 @bp.post("/webhooks/voice")
+@apitoken.public
 def voice_webhook() -> tuple[Response, int]:
     rt = runtime()
     body = request.get_data(cache=False)
