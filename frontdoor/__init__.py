@@ -14,5 +14,6 @@ other request, and a Timer (the media clock) to run on its loop.
 from frontdoor.http import HttpError, Request
 from frontdoor.server import AcceptFn, FrontDoor, Timer
 from frontdoor.websocket import Connection, Handler, Limits
+from frontdoor.wire import CloseCode
 
-__all__ = ["AcceptFn", "Connection", "FrontDoor", "Handler", "HttpError", "Limits", "Request", "Timer"]
+__all__ = ["AcceptFn", "CloseCode", "Connection", "FrontDoor", "Handler", "HttpError", "Limits", "Request", "Timer"]

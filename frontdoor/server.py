@@ -379,7 +379,7 @@ class FrontDoor:
             self._control.unregister(self._listener)
         self._listener.close()
         for conn in list(self._conns.values()):
-            conn.close(wire.CLOSE_GOING_AWAY, "server shutting down")
+            conn.close(wire.CloseCode.GOING_AWAY, "server shutting down")
         deadline = time.monotonic() + self.limits.close_timeout_s
         while self._conns:
             remaining = deadline - time.monotonic()

@@ -166,7 +166,7 @@ class Connection:
             self.bytes_out += len(framed)
             return self._write_locked(framed)
 
-    def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> None:
+    def close(self, code: int = wire.CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; on_close follows once the peer answers or times out."""
         with self._lock:
             if self._state != _OPEN:
@@ -212,8 +212,8 @@ class Connection:
         logger.warning("websocket %s %s: peer reads too slowly (%d bytes queued), closing with 1008",
                        self.remote_addr, self.path, len(self._wbuf))
         if self._state == _OPEN:  # else our close frame is queued already
-            self.close_code = wire.CLOSE_POLICY
-            self._wbuf += wire.close_frame(wire.CLOSE_POLICY, "peer reads too slowly")
+            self.close_code = wire.CloseCode.POLICY_VIOLATION
+            self._wbuf += wire.close_frame(wire.CloseCode.POLICY_VIOLATION, "peer reads too slowly")
         self._state = _LINGER
         self.close_deadline = time.monotonic() + self._loop.limits.close_timeout_s
         self._want_write = True
@@ -300,22 +300,22 @@ class Connection:
             b0 = buf[pos]
             b1 = buf[pos + 1]
             if b0 & 0x70:
-                self._fail(wire.CLOSE_PROTOCOL_ERROR, "reserved bits set without an extension")
+                self._fail(wire.CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
                 return
             if not b1 & 0x80:
-                self._fail(wire.CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+                self._fail(wire.CloseCode.PROTOCOL_ERROR, "client frames must be masked")
                 return
             opcode = b0 & 0x0F
             length = b1 & 0x7F
             if opcode >= 0x8:
                 if opcode not in (wire.OP_CLOSE, wire.OP_PING, wire.OP_PONG):
-                    self._fail(wire.CLOSE_PROTOCOL_ERROR, f"unknown control opcode {opcode}")
+                    self._fail(wire.CloseCode.PROTOCOL_ERROR, f"unknown control opcode {opcode}")
                     return
                 if not b0 & 0x80 or length > 125:
-                    self._fail(wire.CLOSE_PROTOCOL_ERROR, "control frames must be final and short")
+                    self._fail(wire.CloseCode.PROTOCOL_ERROR, "control frames must be final and short")
                     return
             elif opcode > wire.OP_BINARY:
-                self._fail(wire.CLOSE_PROTOCOL_ERROR, f"unknown data opcode {opcode}")
+                self._fail(wire.CloseCode.PROTOCOL_ERROR, f"unknown data opcode {opcode}")
                 return
             start = pos + 6
             if length == 126:
@@ -329,7 +329,7 @@ class Connection:
                 length = int.from_bytes(buf[pos + 2:pos + 10], "big")
                 start = pos + 14
             if length + self._frag_size > max_size:
-                self._fail(wire.CLOSE_TOO_BIG, f"message exceeds {max_size} bytes")
+                self._fail(wire.CloseCode.TOO_BIG, f"message exceeds {max_size} bytes")
                 return
             end = start + length
             if end > n:
@@ -340,7 +340,7 @@ class Connection:
                 try:
                     text = payload.decode()
                 except UnicodeDecodeError:
-                    self._fail(wire.CLOSE_INVALID_DATA, "text message is not UTF-8")
+                    self._fail(wire.CloseCode.INVALID_DATA, "text message is not UTF-8")
                     return
                 self._deliver(text)
             else:
@@ -360,7 +360,7 @@ class Connection:
             self._handler.on_message(self, data)
         except Exception:
             logger.exception("websocket %s %s: message handler failed", self.remote_addr, self.path)
-            self._fail(wire.CLOSE_INTERNAL_ERROR, "internal error", protocol=False)
+            self._fail(wire.CloseCode.INTERNAL_ERROR, "internal error", protocol=False)
 
     def _frame(self, b0: int, opcode: int, payload: bytes) -> None:
         """Everything but an unfragmented text message: fragments, binary, control frames."""
@@ -376,11 +376,11 @@ class Connection:
             return
         if opcode == wire.OP_CONT:
             if self._frag_op < 0:
-                self._fail(wire.CLOSE_PROTOCOL_ERROR, "continuation without a message to continue")
+                self._fail(wire.CloseCode.PROTOCOL_ERROR, "continuation without a message to continue")
                 return
         else:  # text or binary: the header checks let nothing else through
             if self._frag_op >= 0:
-                self._fail(wire.CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+                self._fail(wire.CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
                 return
             self._frag_op = opcode
             if opcode == wire.OP_TEXT:
@@ -390,13 +390,14 @@ class Connection:
             try:
                 self._utf8.decode(payload, final=fin)
             except UnicodeDecodeError:
-                self._fail(wire.CLOSE_INVALID_DATA, "text message is not UTF-8")
+                self._fail(wire.CloseCode.INVALID_DATA, "text message is not UTF-8")
                 return
         self._frag_parts.append(payload)
         self._frag_size += len(payload)
         if not fin:
-            if len(self._frag_parts) >= self._loop.limits.max_fragments:
-                self._fail(wire.CLOSE_POLICY, f"a message of more than {self._loop.limits.max_fragments} fragments")
+            most = self._loop.limits.max_fragments
+            if len(self._frag_parts) >= most:
+                self._fail(wire.CloseCode.POLICY_VIOLATION, f"a message of more than {most} fragments")
             return
         message = b"".join(self._frag_parts)
         op = self._frag_op
@@ -457,7 +458,7 @@ class Connection:
         """The sweep's question: None to keep, else the close code to abort with (0: none)."""
         state = self._state
         if state == _OPEN:
-            return wire.CLOSE_GOING_AWAY if self.last_rx < idle_before else None
+            return wire.CloseCode.GOING_AWAY if self.last_rx < idle_before else None
         if state != _CLOSED and self.close_deadline and self.close_deadline < now:
             return 0
         return None

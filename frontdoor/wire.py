@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import struct
+from enum import IntEnum
 from typing import Any
 
 from frontdoor.http import HttpError, Request
@@ -34,14 +35,21 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_NO_STATUS = 1005
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
+
+
+class CloseCode(IntEnum):
+    """The close codes this server sends or reports (RFC 6455 7.4.1): the one list of them."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # reported only, never sent
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+
 
 # Codes a peer may put in a close frame (RFC 6455 7.4.1 and the IANA registry); 1005/1006/1015
 # are reserved for reporting and must never appear on the wire.
@@ -90,7 +98,7 @@ def frame_text(text: str | bytes) -> bytes:
 
 
 def close_frame(code: int | None, reason: str = "") -> bytes:
-    if code is None or code == CLOSE_NO_STATUS:
+    if code is None or code == CloseCode.NO_STATUS:
         return frame(OP_CLOSE, b"")
     # Control frames carry at most 125 bytes; the reason is cut at a character boundary.
     raw = reason.encode()[:123].decode(errors="ignore").encode()
@@ -108,16 +116,16 @@ class CloseFrameError(ValueError):
 def parse_close(payload: bytes) -> tuple[int, str]:
     """(code, reason) of a peer's close frame; an empty one means 1005 (no status)."""
     if not payload:
-        return CLOSE_NO_STATUS, ""
+        return CloseCode.NO_STATUS, ""
     if len(payload) == 1:
-        raise CloseFrameError(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        raise CloseFrameError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
     code = _CLOSE_CODE.unpack_from(payload)[0]
     if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
-        raise CloseFrameError(CLOSE_PROTOCOL_ERROR, f"close code {code} is not allowed on the wire")
+        raise CloseFrameError(CloseCode.PROTOCOL_ERROR, f"close code {code} is not allowed on the wire")
     try:
         reason = payload[2:].decode()
     except UnicodeDecodeError:
-        raise CloseFrameError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+        raise CloseFrameError(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
     return code, reason
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from frontdoor import Connection
+from frontdoor import CloseCode, Connection
 
 
 class Sender(Protocol):
@@ -18,7 +18,7 @@ class Sender(Protocol):
     def send(self, text: str | bytes) -> bool:
         """One text message, or its UTF-8 bytes (the media clock builds them so); False once gone."""
 
-    def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
 
 
 class PlaneSender:
@@ -30,5 +30,5 @@ class PlaneSender:
         # The connection's own method: one call less per frame, hundreds of thousands a minute.
         self.send: Callable[[str | bytes], bool] = conn.send_text
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         self._conn.close(code, reason)

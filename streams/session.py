@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from eventlog import EventLog, utc_now
+from frontdoor import CloseCode
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
@@ -141,7 +142,7 @@ class CallSession:
         self._clock.remove(self)
         self.mixer.stop_all()
         if conn is not None and status != CallStatus.ENDED:
-            conn.close(1000, reason)
+            conn.close(CloseCode.NORMAL, reason)
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
 
@@ -179,7 +180,7 @@ class CallSession:
             # Under the lock, so an end() racing with this attach cannot leave us on the clock.
             self._clock.add(self)
         if old is not None and old is not conn:
-            old.close(1000, "replaced by a new connection")
+            old.close(CloseCode.NORMAL, "replaced by a new connection")
         self._log.record("stream.reconnected" if reconnect else "stream.started",
                          self.call_control_id, stream_id=start.stream_id,
                          encoding=fmt.encoding, sample_rate=fmt.sample_rate)

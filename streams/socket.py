@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from eventlog import EventLog
-from frontdoor import Connection, HttpError, Request
+from frontdoor import CloseCode, Connection, HttpError, Request
 from mixer.errors import UnsupportedCodec
 from streams import protocol
 from streams.auth import Grant, StreamAuthError
@@ -25,8 +25,6 @@ from streams.status import CallStatus
 
 logger = logging.getLogger(__name__)
 
-POLICY_VIOLATION = 1008
-UNSUPPORTED_DATA = 1003
 # Media frames are added to /metrics in batches: a shared counter's lock 50 times a second per
 # call is measurable at hundreds of calls.
 REPORT_FRAMES_EVERY = 50
@@ -106,7 +104,7 @@ class StreamHandler:
         allowed = self.grant.call_control_id
         if allowed is not None and start.call_control_id != allowed:
             self.problem("wrong_call", f"the socket's token is for {allowed}, not {start.call_control_id}")
-            self.conn.close(POLICY_VIOLATION, "token is for another call")
+            self.conn.close(CloseCode.POLICY_VIOLATION, "token is for another call")
             return
         if self.session is not None and self.session.call_control_id != start.call_control_id:
             self.problem("unexpected_start", "a second call on one socket")
@@ -114,7 +112,7 @@ class StreamHandler:
         session, created = self.registry.open(start.call_control_id)
         if session is None:
             self.problem("stream_not_active", "the call has ended")
-            self.conn.close(POLICY_VIOLATION, "call is not active")
+            self.conn.close(CloseCode.POLICY_VIOLATION, "call is not active")
             return
         if created:
             # Streams we never saw a webhook for (e.g. started from another app) still mix.
@@ -124,11 +122,11 @@ class StreamHandler:
             attached = session.attach(start, self.conn)
         except UnsupportedCodec as exc:
             self.problem("unsupported_codec", str(exc))
-            self.conn.close(UNSUPPORTED_DATA, "unsupported media format")
+            self.conn.close(CloseCode.UNSUPPORTED_DATA, "unsupported media format")
             return
         if not attached:
             self.problem("stream_not_active", f"call is {session.status}")
-            self.conn.close(POLICY_VIOLATION, "call is not active")
+            self.conn.close(CloseCode.POLICY_VIOLATION, "call is not active")
             return
         self.session = session
         self.registry.index_stream(session, start.stream_id)
@@ -162,7 +160,7 @@ class _PlaneHandler:
             handler = self._handler = StreamHandler(PlaneSender(conn), rt.registry, rt.log, rt.metrics,
                                                     grant=self._grant, remote=self._remote)
         if handler.on_message(data):
-            conn.close(1000, "stream stopped")
+            conn.close(CloseCode.NORMAL, "stream stopped")
 
     def on_close(self, conn: Connection, code: int | None) -> None:
         if self._handler is not None:
