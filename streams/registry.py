@@ -53,7 +53,9 @@ class SessionRegistry:
                 return None, False
             session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
             self._by_call[call_control_id] = session
-        self._log.record("stream.opened", call_control_id)
+        # The call is known from here (its first webhook or, without one, its first `start`); its
+        # media stream is logged as stream.started when Telnyx connects.
+        self._log.record("call.opened", call_control_id)
         return session, True
 
     def ended(self, call_control_id: str) -> bool:

@@ -95,3 +95,11 @@ def test_the_api_token_guards_every_route_but_the_public_ones(tmp_path: Path) ->
         error(client.post("/webhooks/voice", data=b"{}"), 401, "invalid_signature")
     finally:
         shutdown(app)
+
+
+def test_a_call_is_logged_as_opened_not_as_a_stream_before_telnyx_connects(app: Flask, client: FlaskClient) -> None:
+    (ccid,) = calls(app, CallStatus.ANSWERING)
+    rt: Runtime = app.extensions["mixer_runtime"]
+    rt.log.flush()
+    events = [e["event"] for e in client.get("/stream-log", query_string={"call_control_id": ccid}).get_json()["items"]]
+    assert events[0] == "call.opened" and not any(e.startswith("stream.") for e in events)
