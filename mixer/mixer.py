@@ -8,12 +8,17 @@ frame's arithmetic only (microseconds). The limiter and the speech detector belo
 thread alone; other threads only read whether the caller is speaking.
 
 Click-freedom: every gain change is a ramp (set_gain over GAIN_RAMP_MS, stop over the track's
-fade-out or STOP_FADE_MS, ducking over attack/release), and a looping source crossfades its end
-into its start over LOOP_CROSSFADE_MS, so the output never jumps further than the sources do.
+fade-out or STOP_FADE_MS, ducking over attack/release), a looping source crossfades its end
+into its start over LOOP_CROSSFADE_MS, and a track whose start (or, for a one-shot, end) would
+click against the silence around it gets a short edge ramp (mixer.edges: only when that edge's
+step from silence is above -60 dBFS and above the track's own sample-to-sample steps next to it,
+and only over EDGE_RAMP_MS), so the output never jumps further than the sources do.
 
 Bit-exactness: a track at 0 dB with no fade and no ducking is copied into the float32 frame as
-is; below the limiter's threshold the limiter leaves it alone; the int16 conversion is
-float_to_pcm16's. So one such track comes out exactly as float_to_pcm16(samples).
+is, but for those few edge samples when an edge would click; below the limiter's threshold the
+limiter leaves it alone; the int16 conversion is float_to_pcm16's. So one such one-shot track
+comes out exactly as float_to_pcm16(edges.soften_edges(samples, rate)), which is
+float_to_pcm16(samples) whenever its edges do not click (silent, or no steeper than itself).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from mixer.codecs import float_to_pcm16
 from mixer.ducking import DuckEnvelope, DuckingConfig, SpeechDetector, rms_dbfs
+from mixer.edges import edge_ramp, edges_that_click, head_gain, tail_gain
 from mixer.geometry import FrameGeometry
 from mixer.limiter import Limiter
 
@@ -106,15 +112,22 @@ class _Ramp:
 class _Track:
     """One source being played. Touched only under the Mixer's lock."""
 
-    __slots__ = ("body", "duck", "fade_in", "fade_out", "level", "loop", "period", "pos", "samples", "stop")
+    __slots__ = ("body", "duck", "edge", "edge_in", "edge_out", "fade_in", "fade_out", "level", "loop",
+                 "period", "pos", "samples", "stop")
 
     def __init__(self, samples: np.ndarray, *, gain: float, loop: bool, fade_in: int, fade_out: int,
-                 duck: bool, crossfade: int) -> None:
+                 duck: bool, crossfade: int, sample_rate: int) -> None:
         self.samples = samples
         self.loop = loop and len(samples) > 0
         self.level = _Ramp(gain)
         self.fade_in = fade_in
         self.fade_out = fade_out
+        # Edge ramps (mixer.edges) where the track would click against silence: a fade asked for
+        # is that edge already, and a loop's end is never an edge (its seam is crossfaded below).
+        starts, ends = edges_that_click(samples, sample_rate)
+        self.edge = edge_ramp(sample_rate, len(samples))
+        self.edge_in = len(self.edge) if starts and not fade_in else 0
+        self.edge_out = len(self.edge) if ends and not fade_out and not self.loop else 0
         self.duck = duck
         self.stop: _Ramp | None = None
         self.pos = 0  # samples played so far, counting every pass of a loop
@@ -153,6 +166,10 @@ class _Track:
         """The gain to apply to the next `m` samples (all ramps, fades and ducking)."""
         gain = self.level.advance(m, steps)
         pos = self.pos
+        if pos < self.edge_in:
+            gain = _times(gain, head_gain(self.edge, pos, m))
+        if self.edge_out and pos + m > len(self.samples) - self.edge_out:
+            gain = _times(gain, tail_gain(self.edge, pos, m, len(self.samples)))
         if pos < self.fade_in:
             ramp = np.minimum((pos + steps[:m] - 1.0) / self.fade_in, 1.0).astype(np.float32)
             gain = _times(gain, ramp)
@@ -202,6 +219,7 @@ class Mixer:
             fade_in_ms: int = 0, fade_out_ms: int = 0, duck: bool = False) -> None:
         """Start playing float32 mono `samples` (at the stream rate) under `key`, from the next frame.
 
+        A start (or a one-shot's end) that would click gets a short edge ramp (mixer.edges).
         Raises ValueError for a key already playing, a gain outside -60..+12 dB, negative fades or
         samples that are not 1-D.
         """
@@ -212,7 +230,8 @@ class Mixer:
         if arr.ndim != 1:
             raise ValueError(f"samples must be 1-D (mono), got shape {arr.shape}")
         track = _Track(arr, gain=gain, loop=loop, fade_in=self.geometry.ms_to_samples(fade_in_ms),
-                       fade_out=self.geometry.ms_to_samples(fade_out_ms), duck=duck, crossfade=self._crossfade)
+                       fade_out=self.geometry.ms_to_samples(fade_out_ms), duck=duck, crossfade=self._crossfade,
+                       sample_rate=self.geometry.sample_rate)
         with self._lock:
             if key in self._tracks:
                 raise ValueError(f"a track named {key!r} is already playing")

@@ -6,6 +6,7 @@ raises a domain error (mixer.errors) whose message tells the user what to fix.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -76,15 +77,79 @@ def _finish(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def decode_audio(data: bytes, sample_rate: int, *, max_seconds: float) -> np.ndarray:
-    """WAV/MP3/FLAC/OGG bytes (any rate, any channel count) -> float32 mono at `sample_rate`.
+# The formats we promise (DESIGN §5), with the codecs inside OGG named: libsndfile 1.2 reads
+# Vorbis and Opus there. It also reads AIFF, CAF, AU and more, which work but are not promised.
+_PROMISED = (("WAV", ()), ("FLAC", ()), ("MP3", ()), ("OGG", (("VORBIS", "Vorbis"), ("OPUS", "Opus"))))
 
-    Raises EmptyAudio for no bytes or no samples, UndecodableAudio with the decoder's reason,
-    AudioTooLong when the audio lasts more than `max_seconds`.
+
+@functools.cache
+def accepted_formats() -> str:
+    """The promised formats this machine's libsndfile decodes, as a phrase for error messages,
+    e.g. "WAV, FLAC, MP3 or OGG (Vorbis or Opus)". Asked of libsndfile, so an older build
+    without MP3 (before 1.1) or Opus is not promised what it cannot do."""
+    formats = sf.available_formats()
+    names = []
+    for name, codecs in _PROMISED:
+        if name not in formats:
+            continue
+        inside = [label for subtype, label in codecs if subtype in sf.available_subtypes(name)]
+        names.append(f"{name} ({' or '.join(inside)})" if inside else name)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _send_instead() -> str:
+    return f"send {accepted_formats()} audio."
+
+
+# Formats people send that libsndfile does not read, told apart by their first bytes, so the
+# message can say what the file is rather than only that it was not recognised.
+_MP4_BOX = re.compile(rb"^....ftyp", re.DOTALL)
+
+
+def _looks_like(data: bytes) -> str | None:
+    if _MP4_BOX.match(data):
+        return "M4A/MP4 (AAC or ALAC)"
+    if len(data) > 1 and data[0] == 0xFF and (data[1] & 0xF6) == 0xF0:  # ADTS sync, layer 0 (MP3 has 1-3)
+        return "raw AAC (ADTS)"
+    if data.startswith(b"\x1aE\xdf\xa3"):
+        return "WebM/Matroska"
+    if data.startswith(b"#!AMR"):
+        return "AMR"
+    if data.startswith(b"0&\xb2u\x8ef\xcf\x11"):
+        return "WMA (ASF)"
+    return None
+
+
+# soundfile puts repr(file) in its messages ("Error opening <_io.BytesIO object at 0x7f...>"):
+# never show that to a user.
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9A-Fa-f]+>")
+
+
+def _reason(exc: Exception) -> str:
+    """The decoder's own words for `exc`, without Python object reprs or a trailing period."""
+    # For libsndfile's errors, its own sentence without soundfile's "Error opening <repr>: " prefix.
+    text = exc.error_string if isinstance(exc, sf.LibsndfileError) else _REPR.sub("the audio", str(exc))
+    return text.strip().rstrip(".") or type(exc).__name__
+
+
+def _undecodable(data: bytes, exc: Exception) -> UndecodableAudio:
+    kind = _looks_like(data)
+    if kind is not None:
+        return UndecodableAudio(f"the audio could not be decoded ({_reason(exc)}): it looks like {kind}, "
+                                f"which is not supported; {_send_instead()}")
+    return UndecodableAudio(f"the audio could not be decoded ({_reason(exc)}); {_send_instead()}")
+
+
+def decode_audio(data: bytes, sample_rate: int, *, max_seconds: float) -> np.ndarray:
+    """WAV/FLAC/MP3/OGG bytes (any rate, any channel count) -> float32 mono at `sample_rate`.
+
+    Raises EmptyAudio for no bytes or no samples, UndecodableAudio with the decoder's reason and
+    the accepted formats, AudioTooLong when the audio lasts more than `max_seconds`. The samples
+    are returned as decoded; their edges are the Mixer's to soften (mixer.edges).
     """
     _check_rate(sample_rate)
     if not data:
-        raise EmptyAudio("the audio is empty (0 bytes); send a WAV, MP3, FLAC or OGG file.")
+        raise EmptyAudio(f"the audio is empty (0 bytes); {_send_instead()}")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             rate, frames = f.samplerate, f.frames
@@ -96,17 +161,17 @@ def decode_audio(data: bytes, sample_rate: int, *, max_seconds: float) -> np.nda
     except AudioTooLong:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise UndecodableAudio(f"the audio could not be decoded ({exc}); "
-                               "send a WAV, MP3, FLAC or OGG file.") from None
+        raise _undecodable(data, exc) from None
     if len(decoded) == 0:
-        raise EmptyAudio("the audio decoded to no samples (it is empty); send a file with sound in it.")
+        raise EmptyAudio("the audio is empty (the file holds no samples); send a file with sound in it.")
     if len(decoded) > max_seconds * rate:
         raise _too_long(len(decoded) / rate, max_seconds)
     return _finish(resample(to_mono(decoded), rate, sample_rate))
 
 
 def find_clip(media_dir: Path, name: str) -> Path:
-    """The file for clip `name` (`name` itself or `name.<ext>`) inside media_dir, or UnknownClip."""
+    """The file for clip `name` (`name` itself or `name.<ext>`) inside media_dir; UnknownClip if
+    there is none, UndecodableAudio if there is only one in a format we do not decode."""
     if not _CLIP_NAME.match(name) or ".." in name:
         raise UnknownClip(f"clip {name!r} is not a valid clip name; use a file name from the media "
                           "library (letters, digits, '-', '_', '.').")
@@ -118,6 +183,14 @@ def find_clip(media_dir: Path, name: str) -> Path:
         # A symlink inside the library could still point elsewhere: stay inside media_dir.
         if resolved.is_file() and resolved.is_relative_to(root):
             return resolved
+    # Not there in a format we decode; there in another one (hold.m4a) deserves its own answer.
+    others = [root / name] if not name.lower().endswith(CLIP_EXTENSIONS) else []
+    others += sorted(root.glob(f"{name}.*"))  # _CLIP_NAME leaves no glob metacharacters in name
+    for path in others:
+        resolved = path.resolve()
+        if resolved.is_file() and resolved.is_relative_to(root):
+            raise UndecodableAudio(f"clip {name!r} is {path.name}, a format this server does not decode; "
+                                   f"convert it to {accepted_formats()} audio (.wav, .flac, .mp3 or .ogg).")
     raise UnknownClip(f"clip {name!r} is not in the media library; add {name}.wav (or .mp3, .flac, .ogg) "
                       "to the media directory or pick an existing clip.")
 

@@ -110,8 +110,13 @@ def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> Inje
     kind = given[0]
     value: Any = files[kind] if kind == "file" else fields[kind]
 
-    if kind in ("audio_url", "audio_base64", "clip"):
+    if kind in ("audio_url", "clip"):
         value = _text(kind, value, 1 << 30)
+    elif kind == "audio_base64":
+        # An empty string is empty audio, answered as an empty upload is (undecodable_audio, by
+        # load_samples), not as a malformed field.
+        if not isinstance(value, str):
+            raise _invalid(kind, "audio_base64 must be a string: the audio file in base64.")
     elif kind == "text":
         value = _text(kind, value, MAX_TEXT_CHARS)
     elif kind == "dtmf":
@@ -198,7 +203,8 @@ def load_samples(req: InjectRequest, limits: Limits) -> np.ndarray:
             return sources.decode_audio(data, rate, max_seconds=max_s)
         if req.kind == "audio_base64":
             try:
-                data = base64.b64decode(req.value, validate=True)
+                # Whitespace is dropped first: `base64` tools wrap their output in lines.
+                data = base64.b64decode("".join(req.value.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise _invalid("audio_base64", "audio_base64 is not valid base64.") from None
             return sources.decode_audio(data, rate, max_seconds=max_s)

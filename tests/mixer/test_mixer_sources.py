@@ -39,12 +39,13 @@ def encode(x: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> by
 
 # -- decoding ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("fmt", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", None),
-                                              ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")])
-def test_decode_each_format_to_float32_mono_at_stream_rate(fmt, subtype, tmp_path):
-    stereo = np.stack([sine(440, 1.0, 44100), sine(440, 1.0, 44100)], axis=1)
+@pytest.mark.parametrize(("fmt", "subtype", "rate"), [("WAV", "PCM_16", 44100), ("WAV", "FLOAT", 44100),
+                                                      ("FLAC", None, 44100), ("OGG", "VORBIS", 44100),
+                                                      ("OGG", "OPUS", 48000), ("MP3", "MPEG_LAYER_III", 44100)])
+def test_decode_each_format_to_float32_mono_at_stream_rate(fmt, subtype, rate, tmp_path):
+    stereo = np.stack([sine(440, 1.0, rate), sine(440, 1.0, rate)], axis=1)
     path = tmp_path / f"tone.{fmt.lower()}"
-    sf.write(path, stereo, 44100, format=fmt, subtype=subtype)
+    sf.write(path, stereo, rate, format=fmt, subtype=subtype)
     out = sources.decode_audio(path.read_bytes(), 8000, max_seconds=10)
     assert out.dtype == np.float32 and out.ndim == 1
     assert abs(len(out) - 8000) <= 8000 * 0.06  # lossy codecs pad a little
@@ -90,26 +91,57 @@ def test_out_of_range_float_files_are_clipped():
     assert out.tolist() == [0.0, 1.0, -1.0, 0.0, 0.25]
 
 
+ACCEPTED = "WAV, FLAC, MP3 or OGG (Vorbis or Opus)"
+
+# The start of an .m4a as iTunes and ffmpeg write it: an MP4 'ftyp' box, then 'moov'.
+M4A = (b"\x00\x00\x00\x1cftypM4A \x00\x00\x02\x00M4A isomiso2" + b"\x00\x00\x00\x08free"
+       + b"\x00\x00\x01\x00moov" + bytes(248))
+
+
+def test_accepted_formats_are_what_this_libsndfile_decodes():
+    # Each of these decodes in test_decode_each_format_to_float32_mono_at_stream_rate.
+    assert sources.accepted_formats() == ACCEPTED
+
+
 def test_garbage_is_undecodable_with_the_decoders_reason():
     with pytest.raises(UndecodableAudio) as info:
         sources.decode_audio(b"this is not audio at all" * 10, 8000, max_seconds=5)
-    message = str(info.value)
-    assert message.startswith("the audio could not be decoded (")
-    assert "Format not recognised" in message
-    assert message.endswith("send a WAV, MP3, FLAC or OGG file.")
+    assert str(info.value) == f"the audio could not be decoded (Format not recognised); send {ACCEPTED} audio."
     assert info.value.code == "undecodable_audio"
 
 
-def test_truncated_file_is_undecodable():
-    data = encode(sine(440, 0.5, 8000), 8000, "FLAC")
-    with pytest.raises(UndecodableAudio):
-        sources.decode_audio(data[:30], 8000, max_seconds=5)
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [(M4A, "M4A/MP4 (AAC or ALAC)"), (b"\xff\xf1\x50\x80\x02\x1f\xfc" + bytes(400), "raw AAC (ADTS)"),
+     (b"\x1aE\xdf\xa3" + bytes(400), "WebM/Matroska"), (b"#!AMR\n" + bytes(400), "AMR")],
+    ids=["m4a", "adts", "webm", "amr"],
+)
+def test_a_format_we_do_not_decode_is_named_with_the_formats_we_do(data, kind):
+    with pytest.raises(UndecodableAudio) as info:
+        sources.decode_audio(data, 8000, max_seconds=5)
+    assert str(info.value) == (f"the audio could not be decoded (Format not recognised): it looks like {kind}, "
+                               f"which is not supported; send {ACCEPTED} audio.")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [M4A, b"RIFF\x00\x00\x00\x00WAVEjunk", bytes(1000), b"\x00",
+     encode(sine(440, 0.5, 8000), 8000, "FLAC")[:30], encode(sine(440, 0.5, 8000), 8000, "WAV")[:30]],
+    ids=["m4a", "broken-wav", "zeros", "one-byte", "truncated-flac", "truncated-wav"],
+)
+def test_undecodable_messages_say_why_and_what_to_send_never_a_python_repr(data):
+    with pytest.raises(UndecodableAudio) as info:
+        sources.decode_audio(data, 8000, max_seconds=5)
+    message = str(info.value)
+    assert message.startswith("the audio could not be decoded (")
+    assert message.endswith(f"; send {ACCEPTED} audio.")
+    assert "<" not in message and "0x" not in message and "BytesIO" not in message
 
 
 def test_empty_bytes_and_empty_file():
     with pytest.raises(EmptyAudio) as info:
         sources.decode_audio(b"", 8000, max_seconds=5)
-    assert str(info.value) == "the audio is empty (0 bytes); send a WAV, MP3, FLAC or OGG file."
+    assert str(info.value) == f"the audio is empty (0 bytes); send {ACCEPTED} audio."
     assert info.value.code == "undecodable_audio"
     with pytest.raises(EmptyAudio) as info:
         sources.decode_audio(encode(np.zeros(0), 8000, "WAV", "PCM_16"), 8000, max_seconds=5)
@@ -167,6 +199,21 @@ def test_broken_clip_is_undecodable(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     with pytest.raises(UndecodableAudio):
         sources.load_clip(tmp_path, "bad", 8000, max_seconds=5)
+
+
+@pytest.mark.parametrize("name", ["hold", "hold.m4a"])
+def test_a_clip_in_a_format_we_do_not_decode_is_named(tmp_path, name):
+    (tmp_path / "hold.m4a").write_bytes(M4A)
+    with pytest.raises(UndecodableAudio) as info:
+        sources.load_clip(tmp_path, name, 8000, max_seconds=5)
+    assert str(info.value) == (f"clip {name!r} is hold.m4a, a format this server does not decode; "
+                               f"convert it to {ACCEPTED} audio (.wav, .flac, .mp3 or .ogg).")
+
+
+def test_an_m4a_clip_says_so(tmp_path):
+    (tmp_path / "jingle.mp3").write_bytes(M4A)  # renamed, as happens: the bytes decide
+    with pytest.raises(UndecodableAudio, match=r"it looks like M4A/MP4 \(AAC or ALAC\)"):
+        sources.load_clip(tmp_path, "jingle", 8000, max_seconds=5)
 
 
 # -- synthetic sources ------------------------------------------------------------------------
