@@ -2,9 +2,9 @@
 
 Reading, parsing and dispatching run on the loop thread; sending and closing are safe from any
 thread and never block: a send writes straight to the non-blocking socket under the
-connection's lock, and only what the kernel does not take is buffered, up to `max_backlog`
-bytes. A peer that reads slower than that is closed with 1008 and the other connections do not
-notice.
+connection's lock (without giving up the GIL, see frontdoor.nowait), and only what the kernel
+does not take is buffered, up to `max_backlog` bytes. A peer that reads slower than that is
+closed with 1008 and the other connections do not notice.
 
 A frame is judged at its header, before its payload is waited for: a reserved bit, an unknown
 opcode, an unmasked frame, a long or fragmented control frame, or a message that would exceed
@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from frontdoor import wire
+from frontdoor.nowait import send_nowait
 
 logger = logging.getLogger(__name__)
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 65536
+_FLUSH_CHUNK = 262144  # backlog bytes offered to the kernel per writable event
 
 # Connection states. Only OPEN accepts sends.
 _OPEN = 0
@@ -186,9 +188,7 @@ class Connection:
                 return False
             return True
         try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
+            sent = send_nowait(self._sock, data)
         except OSError:
             # The peer is gone; the loop will see it too, this only hurries the teardown.
             self._state = _CLOSED
@@ -234,9 +234,8 @@ class Connection:
             wbuf = self._wbuf
             if wbuf and self._state != _CLOSED:
                 try:
-                    sent = self._sock.send(wbuf)
-                except BlockingIOError:
-                    sent = 0
+                    # A copy: the backlog is rare, and a bytearray cannot shrink while exported.
+                    sent = send_nowait(self._sock, bytes(wbuf[:_FLUSH_CHUNK]))
                 except OSError:
                     self._state = _CLOSED
                     sent = 0

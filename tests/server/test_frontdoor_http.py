@@ -155,3 +155,23 @@ def test_the_wsgi_app_gets_the_request_and_its_response_closes() -> None:
     assert json.loads(body) == {"body": "hi", "agent": "t/1", "spoof": None}
     head_only = run_app(app, environ(req, server=("127.0.0.1", 1), remote=("127.0.0.1", 2)), head_only=True)
     assert head_only == head + b"\r\n\r\n"
+
+
+def test_send_nowait_takes_what_the_kernel_takes_and_never_blocks() -> None:
+    import socket
+
+    from frontdoor.nowait import send_nowait
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        assert send_nowait(a, b"hello") == 5 and b.recv(5) == b"hello"
+        sent = [send_nowait(a, b"x" * 65536) for _ in range(64)]  # nobody reads: the buffer fills
+        assert 0 < sum(sent) < 64 * 65536 and sent[-1] == 0
+        b.close()
+        with pytest.raises(OSError):
+            for _ in range(3):  # the first send after the close may still be taken
+                send_nowait(a, b"after the peer left")
+    finally:
+        a.close()
