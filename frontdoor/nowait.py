@@ -39,7 +39,7 @@ def _load() -> Callable[[int, bytes, int, int], int] | None:
         return None
     send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
     send.restype = ctypes.c_ssize_t
-    return send  # type: ignore[no-any-return]
+    return send
 
 
 _libc_send = _load()
