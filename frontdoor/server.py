@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from frontdoor import wire
 from frontdoor.http import CONTINUE, HttpError, Request, RequestReader, error_response
+from frontdoor.nowait import Reader
 from frontdoor.websocket import READ, WRITE, Connection, Handler, Limits
 from frontdoor.wsgi import WsgiPool
 
@@ -121,6 +122,7 @@ class FrontDoor:
         self.max_buffered_bodies = max_buffered_bodies
         self._buffered_bodies = 0
         self.limits = limits or Limits()
+        self.reader = Reader(_RECV_SIZE)  # websocket reads, on the loop thread
         # SO_SNDBUF for accepted sockets. Linux grows it to megabytes by default; a small one
         # keeps a stalled peer's backlog visible to us (buffered_bytes, max_backlog) instead
         # of hidden in the kernel.

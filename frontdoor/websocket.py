@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from frontdoor import wire
-from frontdoor.nowait import send_nowait
+from frontdoor.nowait import Reader, send_nowait
 
 logger = logging.getLogger(__name__)
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
-_RECV_SIZE = 65536
 _FLUSH_CHUNK = 262144  # backlog bytes offered to the kernel per writable event
 
 # Connection states. Only OPEN accepts sends.
@@ -68,6 +67,7 @@ class Loop(Protocol):
 
     limits: Limits
     now: float
+    reader: Reader  # the loop thread's
 
     def attention(self, conn: Connection) -> None:
         """Any thread: look at `conn` soon (it wants to write, or to be torn down)."""
@@ -260,11 +260,11 @@ class Connection:
 
     def _on_readable(self) -> None:
         try:
-            data = self._sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = self._loop.reader.recv(self._sock)
         except OSError:
             data = b""
+        if data is None:
+            return
         if not data:
             self.lost()
             return

@@ -175,3 +175,21 @@ def test_send_nowait_takes_what_the_kernel_takes_and_never_blocks() -> None:
                 send_nowait(a, b"after the peer left")
     finally:
         a.close()
+
+
+def test_the_loop_reader_tells_data_from_nothing_yet_from_the_end() -> None:
+    import socket
+
+    from frontdoor.nowait import Reader
+
+    reader = Reader(8)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        assert reader.recv(a) is None
+        b.sendall(b"0123456789")
+        assert reader.recv(a) == b"01234567" and reader.recv(a) == b"89"
+        b.close()
+        assert reader.recv(a) == b""
+    finally:
+        a.close()
