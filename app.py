@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if interrupted:
         logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
                        len(interrupted))
-    metrics = Metrics()
+    metrics = Metrics(version=api.VERSION)
     settings = SessionSettings(
         codec=cfg.STREAM_CODEC,
         sample_rate=cfg.STREAM_SAMPLE_RATE,

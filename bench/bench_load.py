@@ -130,7 +130,16 @@ BURST_CLIENTS = 16  # concurrent HTTP clients sending the burst
 BURST_TARGET_P99_MS = 100.0  # at 500 calls; missing it is noted, not a break
 INJECTOR_START_S = 1.0  # the tone injector's process is started this long before the window opens
 
-SERVER_COUNTERS = ("mixer_frames_sent_total", "mixer_frames_late_total", "mixer_frames_skipped_total")
+# The server's media clock counters, each under every name a revision of the server exported (one run
+# reads an old revision and the current one): since the metrics were declared in streams/metrics.py the
+# late and skipped counters are named for what they count, media clock ticks.
+SERVER_COUNTERS = {
+    "frames_sent": ("mixer_frames_sent_total",),
+    "ticks_late": ("mixer_clock_ticks_late_total", "mixer_frames_late_total"),
+    "ticks_skipped": ("mixer_clock_ticks_skipped_total", "mixer_frames_skipped_total"),
+}
+_COUNTER_KEY = {name: key for key, names in SERVER_COUNTERS.items() for name in names}
+
 SETUP_RATE = 50.0  # calls placed (and backgrounds injected) per second
 SETUP_SETTLE_S = 2.0  # after all calls stream, before the idle RSS
 WARMUP_S = 2.0  # after the last background starts, before the window
@@ -365,6 +374,19 @@ class StepResult:
     error: str | None = None
 
 
+def server_counters(text: str) -> dict[str, float]:
+    """The media clock counters in a /metrics text, by SERVER_COUNTERS key, whichever revision's
+    names and number format it has ("12" from the old hand-written exporter, "12.0" from prometheus-client)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        key = _COUNTER_KEY.get(name)
+        if key is not None and value:
+            with contextlib.suppress(ValueError):
+                out[key] = float(value.split()[0])
+    return out
+
+
 class Server:
     """`python app.py` as a subprocess on a free port, pinned to one core."""
 
@@ -421,18 +443,11 @@ class Server:
             return -1
 
     def counters(self, http: httpx.Client) -> dict[str, float]:
-        """The server's own media clock counters from /metrics (names as streams/metrics.py has them)."""
-        out: dict[str, float] = {}
+        """The server's own media clock counters from /metrics (see server_counters)."""
         try:
-            text = http.get(f"{self.url}/metrics", timeout=5).text
+            return server_counters(http.get(f"{self.url}/metrics", timeout=5).text)
         except httpx.HTTPError:
-            return out
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in SERVER_COUNTERS:
-                with contextlib.suppress(ValueError):
-                    out[name] = float(value)
-        return out
+            return {}
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
@@ -674,12 +689,12 @@ def measure(res: StepResult, seconds: float, telnyx: FakeTelnyx, server: Server,
     res.gen_loop_cpu_pct = 100 * (loop1 - loop0) / w
     counters1, counters1_at = counters_at(server, http)
     delta = {name: value - counters0.get(name, 0) for name, value in counters1.items()}
-    if "mixer_frames_sent_total" in delta:
-        res.server_fps_per_call = delta["mixer_frames_sent_total"] / len(playing) / (counters1_at - counters0_at)
-    if "mixer_frames_late_total" in delta:
-        res.server_late_ticks = int(delta["mixer_frames_late_total"])
-    if "mixer_frames_skipped_total" in delta:
-        res.server_skipped_ticks = int(delta["mixer_frames_skipped_total"])
+    if "frames_sent" in delta:
+        res.server_fps_per_call = delta["frames_sent"] / len(playing) / (counters1_at - counters0_at)
+    if "ticks_late" in delta:
+        res.server_late_ticks = int(delta["ticks_late"])
+    if "ticks_skipped" in delta:
+        res.server_skipped_ticks = int(delta["ticks_skipped"])
     lags = probe.stop()
     res.gen_lag_p99_ms = _ms(pct(lags, 99))
     res.gen_lag_max_ms = _ms(max(lags) if lags else None)

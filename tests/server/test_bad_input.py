@@ -347,7 +347,7 @@ def test_garbage_on_the_socket_is_counted_and_the_call_goes_on(telnyx, server, b
     errors = log_events(server, event="stream.frame_error", call_control_id=call.call_control_id)
     assert len(errors) == 6
     metrics = server.http.get("/metrics").text
-    assert 'mixer_websocket_errors_total{reason="malformed_frame"} 6' in metrics
+    assert 'mixer_websocket_errors_total{reason="malformed_frame"} 6.0\n' in metrics
     wait_injection(server, call, inj["id"], "playing")
     wait_until(lambda: len(call.heard_pcm()) > 4000, what="the call's audio")
 
@@ -360,7 +360,7 @@ def test_socket_without_the_right_auth_token_is_refused_at_the_handshake(telnyx,
     code = telnyx.probe_socket(server.url.replace("http", "ws") + "/stream", auth_token=token)
     assert code == status  # an HTTP answer to the upgrade: no frame ever flowed
     assert log_events(server, event="stream.auth_failed")[0]["data"]["reason"] == reason
-    assert f'mixer_stream_auth_refused_total{{reason="{reason}"}} 1' in server.http.get("/metrics").text
+    assert f'mixer_stream_auth_refused_total{{reason="{reason}"}} 1.0\n' in server.http.get("/metrics").text
 
 
 def test_a_per_call_token_carries_only_its_own_call(telnyx, server):

@@ -234,12 +234,12 @@ def test_health_and_metrics(telnyx, server):
     assert server.http.get("/health").json()["active_sessions"] == 1
     text = server.http.get("/metrics").text
     assert 'mixer_webhooks_total{outcome="handled"}' in text
-    assert 'mixer_telnyx_commands_total{action="answer",outcome="ok"} 1' in text
-    assert 'mixer_injections_total{status="finished"} 1' in text
+    assert 'mixer_telnyx_commands_total{action="answer",outcome="ok"} 1.0\n' in text
+    assert 'mixer_injections_total{status="finished"} 1.0\n' in text
     sent = float(next(line.split()[-1] for line in text.splitlines()
                       if line.startswith("mixer_frames_sent_total")))
     assert sent >= 10  # 200 ms of tone is 10 frames
-    assert 'mixer_frame_lateness_seconds_bucket{le="+Inf"}' in text and "mixer_active_sessions 1" in text
+    assert 'mixer_clock_tick_lateness_seconds_bucket{le="+Inf"}' in text and "mixer_active_sessions 1.0" in text
 
 
 def test_health_turns_degraded_when_the_event_log_cannot_write(server):
