@@ -4,6 +4,11 @@ The wheel ships the shared library and its data, so nothing is needed from the s
 keeps global state (one voice, one callback, one output buffer per process) and is not
 thread-safe: `_ESPEAK_LOCK` serialises everything that touches it, from loading to synthesis.
 
+It is C code fed with user text, so the server never runs it in its own process, where a crash
+would end every live call: speak() hands the text to IsolatedEngine, one worker process (spawned
+on first use, spawned again after it dies) running EspeakEngine. A crash or a hang there costs
+that one request a SpeechUnavailable; the next request gets a fresh worker.
+
 SpeechEngine is the seam for other engines: anything with `name`, `voices()` and `synthesize()`
 can be passed to speak().
 """
@@ -12,13 +17,18 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
+import signal
 import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from mixer.errors import AudioTooLong, EmptyAudio, SpeechUnavailable, UnknownVoice
+from mixer.errors import AudioError, AudioTooLong, EmptyAudio, SpeechUnavailable, UnknownVoice
 from mixer.sources import resample
 
 logger = logging.getLogger(__name__)
@@ -29,9 +39,19 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _EE_OK = 0
 
+# How long one request may keep the speech worker, its start included (about 1.3 s under
+# `python app.py`: spawn imports the main module again; 0.2 s without it). espeak-ng speaks several
+# hundred times faster than real time (600 s of speech in 0.8 s, measured), so even the longest
+# speech an injection may have (MAX_INJECTION_SECONDS, 600 s by default) ends far within it; past
+# it the worker is taken for hung and killed. A constant, not a setting: nothing a user would tune.
+SYNTHESIS_TIMEOUT_S = 30.0
+
 # Guards the espeak-ng library (process-global state) and the module's one engine instance.
 _ESPEAK_LOCK = threading.RLock()  # re-entrant: default_engine() holds it while an engine starts
 _default_engine: EspeakEngine | None = None
+# Guards _isolated_engine (created on first use).
+_ISOLATED_LOCK = threading.Lock()
+_isolated_engine: IsolatedEngine | None = None
 
 
 class SpeechEngine(Protocol):
@@ -171,6 +191,12 @@ class EspeakEngine:
 
     def synthesize(self, text: str, voice: str | None, language: str, *,
                    max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+        pcm, rate = self.synthesize_pcm(text, voice, language, max_seconds=max_seconds)
+        return _to_float(pcm), rate
+
+    def synthesize_pcm(self, text: str, voice: str | None, language: str, *,
+                       max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+        """As synthesize(), but espeak-ng's own int16 samples (half the bytes to hand between processes)."""
         encoded = text.encode("utf-8")
         with _ESPEAK_LOCK:
             espeak_voice = self.resolve(voice, language)
@@ -191,11 +217,16 @@ class EspeakEngine:
         if status != _EE_OK:
             raise SpeechUnavailable(f"espeak-ng could not speak the text (error {status}).")
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        return pcm.astype(np.float32) * np.float32(1.0 / 32768.0), self.sample_rate
+        return pcm, self.sample_rate
+
+
+def _to_float(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) * np.float32(1.0 / 32768.0)
 
 
 def default_engine() -> EspeakEngine:
-    """The process's espeak-ng engine, started on first use."""
+    """This process's espeak-ng engine, started on first use: the speech worker's, or a test's.
+    The server itself speaks through isolated_engine()."""
     global _default_engine
     with _ESPEAK_LOCK:
         if _default_engine is None:
@@ -203,15 +234,143 @@ def default_engine() -> EspeakEngine:
         return _default_engine
 
 
+def serve_speech(conn: Connection) -> None:
+    """The speech worker: (operation, args) in, (True, result) or (False, AudioError) out, until
+    the server's end of the pipe closes. espeak-ng starts on the first request."""
+    # Ctrl-C in a terminal reaches the whole process group; the server decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            operation, args = conn.recv()
+        except EOFError:
+            return
+        reply: tuple[bool, Any]
+        try:
+            engine = default_engine()
+            if operation == "voices":
+                reply = (True, engine.voices())
+            else:
+                text, voice, language, max_seconds = args
+                reply = (True, engine.synthesize_pcm(text, voice, language, max_seconds=max_seconds))
+        except AudioError as exc:
+            reply = (False, exc)
+        except Exception as exc:  # a bug here must reach the request as an error, not kill the worker
+            logger.exception("speech worker: %s failed", operation)
+            reply = (False, SpeechUnavailable(f"text to speech failed: {type(exc).__name__}: {exc}."))
+        conn.send(reply)
+
+
+class IsolatedEngine:
+    """espeak-ng in a worker process of its own: a crash or a hang in the library costs one request
+    a SpeechUnavailable, never the server, and the next request gets a new worker.
+
+    One worker, spawned (never forked from a threaded server) on first use; one request at a time,
+    as espeak-ng itself could do no more. `serve` is the worker's main function, importable by name
+    (spawn pickles it by reference): serve_speech, or a test's wrapper around it.
+    """
+
+    name = "espeak-ng"
+
+    def __init__(self, *, timeout_s: float = SYNTHESIS_TIMEOUT_S,
+                 serve: Callable[[Connection], None] = serve_speech) -> None:
+        self.timeout_s = timeout_s
+        self._serve = serve
+        # Guards _process and _conn: one request at a time on the pipe, and one worker start.
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, None before the first request or after a crash."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    def voices(self) -> list[str]:
+        voices: list[str] = self._request("voices", ())
+        return voices
+
+    def synthesize(self, text: str, voice: str | None, language: str, *,
+                   max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+        pcm, rate = self._request("synthesize", (text, voice, language, max_seconds))
+        return _to_float(pcm), rate
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _request(self, operation: str, args: tuple[Any, ...]) -> Any:
+        with self._lock:
+            try:
+                conn = self._connect()
+            except OSError as exc:
+                raise SpeechUnavailable(f"text to speech is not available: its worker process could not be "
+                                        f"started ({exc}).") from None
+            try:
+                conn.send((operation, args))
+                # Ready also when the worker dies: its end of the pipe closes and recv() says so.
+                if not conn.poll(self.timeout_s):
+                    gone = self._stop()
+                    logger.error("speech worker %s took over %g s on %s; killed it",
+                                 gone and gone.pid, self.timeout_s, operation)
+                    raise SpeechUnavailable(f"text to speech took longer than {self.timeout_s:g} s and was "
+                                            "stopped; try again, or with a shorter text.")
+                ok, value = conn.recv()
+            except (EOFError, OSError):
+                gone = self._stop()
+                logger.error("speech worker %s died (exit code %s) during %s; the next request starts another",
+                             gone and gone.pid, gone and gone.exitcode, operation)
+                raise SpeechUnavailable("text to speech failed: the speech engine crashed on this request; "
+                                        "try again, or with another text.") from None
+        if not ok:
+            raise value
+        return value
+
+    def _connect(self) -> Connection:
+        """The pipe to a live worker, spawning one if there is none. Caller holds _lock."""
+        if self._process is not None and self._conn is not None and self._process.is_alive():
+            return self._conn
+        self._stop()
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=self._serve, args=(theirs,), name="speech-worker", daemon=True)
+        process.start()
+        theirs.close()  # the worker holds its own copy: ours then reads EOF as soon as it dies
+        self._process, self._conn = process, ours
+        return ours
+
+    def _stop(self) -> BaseProcess | None:
+        """Kill the worker, if any, wait for it and forget it; returns it (pid, exitcode). Caller holds _lock."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+        return process
+
+
+def isolated_engine() -> IsolatedEngine:
+    """The server's speech engine: espeak-ng in a worker process, started on first use."""
+    global _isolated_engine
+    with _ISOLATED_LOCK:
+        if _isolated_engine is None:
+            _isolated_engine = IsolatedEngine()
+        return _isolated_engine
+
+
 def speak(text: str, sample_rate: int, *, voice: str | None = None, language: str = "en",
           engine: SpeechEngine | None = None, max_seconds: float) -> np.ndarray:
-    """`text` spoken by `engine` (espeak-ng by default) as float32 mono at `sample_rate`.
+    """`text` spoken by `engine` (espeak-ng in the speech worker by default) as float32 mono at `sample_rate`.
 
-    Raises EmptyAudio for text with nothing to say, UnknownVoice, AudioTooLong, SpeechUnavailable.
+    Raises EmptyAudio for text with nothing to say, UnknownVoice, AudioTooLong, SpeechUnavailable
+    (also when the speech worker crashed or hung on this text).
     """
     if not text.strip():
         raise EmptyAudio("the text is empty; give some words to speak.")
-    speaker = engine if engine is not None else default_engine()
+    speaker = engine if engine is not None else isolated_engine()
     samples, rate = speaker.synthesize(text, voice, language, max_seconds=max_seconds)
     if len(samples) == 0 or not np.any(samples):
         raise EmptyAudio("the text produced no speech; give some words to speak.")
