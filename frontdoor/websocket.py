@@ -8,8 +8,9 @@ closed with 1008 and the other connections do not notice.
 
 A frame is judged at its header, before its payload is waited for: a reserved bit, an unknown
 opcode, an unmasked frame, a long or fragmented control frame, or a message that would exceed
-`max_message_size` closes the connection at once. Text is checked for UTF-8 fragment by
-fragment, and a message may have at most `max_fragments` fragments.
+`max_message_size` closes the connection at once. Text is checked for UTF-8 as it arrives (a
+frame's payload so far, then fragment by fragment), and a message may have at most
+`max_fragments` fragments.
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ class Connection:
                 return
             end = start + length
             if end > n:
+                if n > start and (opcode == wire.OP_TEXT or (opcode == wire.OP_CONT and self._utf8 is not None)):
+                    self._check_partial_text(opcode, unmask(buf[start:n], buf[start - 4:start]))
                 break
             payload = unmask(buf[start:end], buf[start - 4:start])
             pos = end
@@ -352,6 +355,17 @@ class Connection:
             del buf[:pos]
         elif pos < n:
             self._rbuf += buf[pos:]
+
+    def _check_partial_text(self, opcode: int, head: bytes) -> None:
+        """Fail a text frame as soon as the part of it that has arrived is not UTF-8 (a large
+        frame arrives over many reads); the decoder of the message is left as it was."""
+        probe = codecs.getincrementaldecoder("utf-8")()
+        if opcode == wire.OP_CONT and self._utf8 is not None:
+            probe.setstate(self._utf8.getstate())
+        try:
+            probe.decode(head, final=False)
+        except UnicodeDecodeError:
+            self._fail(wire.CloseCode.INVALID_DATA, "text message is not UTF-8")
 
     def _deliver(self, data: str | bytes) -> None:
         self.messages_in += 1

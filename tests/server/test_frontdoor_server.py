@@ -357,6 +357,13 @@ def test_invalid_utf8_is_refused_at_its_fragment(plane: Harness, raw: Callable[[
     assert client.read_frame() == (wire.OP_TEXT, encoded)
 
 
+def test_invalid_utf8_is_refused_before_its_frame_is_whole(plane: Harness, raw: Callable[[], RawClient]) -> None:
+    client = raw().upgrade()
+    frame_bytes = masked(wire.OP_TEXT, "κόσμε".encode() + b"\xff" + b"x" * 1000)
+    client.sock.sendall(frame_bytes[:20])  # the bad byte is in; most of the payload is not
+    assert client.read_close() == 1007
+
+
 def test_a_message_may_have_only_so_many_fragments(make_door: Callable[..., Harness]) -> None:
     plane = make_door(max_fragments=4)
     client = RawClient(plane.port).upgrade()
