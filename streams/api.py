@@ -1,22 +1,21 @@
-"""REST routes: /health, /streams*, /stream-log, /metrics. Views stay thin: parse, act, render."""
+"""REST routes: /health, /streams*, /stream-log, /metrics, /openapi.json. Views stay thin: parse
+(streams.schemas), act, render."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 import apitoken
 from errors import ApiError
-from streams import injections
+from streams import injections, schemas
 from streams.runtime import VERSION
 from streams.runtime import current as runtime
 from streams.session import CallSession, Injection
-from streams.status import CallNotActive, CallStatus, TooManyInjections
+from streams.status import CallNotActive, TooManyInjections
 
 bp = Blueprint("streams", __name__)
 
@@ -45,24 +44,15 @@ def health() -> tuple[Response, int]:
 def list_streams() -> Response:
     """The live calls (status=active, the default), or pages of every call ever (status=all, or
     one status such as ended), oldest first, live ones as they are now."""
-    args = request.args
-    _refuse_unknown(args, ("status", "limit", "cursor"))
-    status = args.get("status", "active")
-    statuses = ["active", "all", *CallStatus]
-    if status not in statuses:
-        raise ApiError(422, "invalid_field", f"status must be one of {', '.join(statuses)}.", "status")
+    query = schemas.parse(schemas.StreamsQuery, request.args.to_dict())
     rt = runtime()
     live = {s.call_control_id: s.view() for s in rt.registry.sessions()}
-    if status == "active":
-        for name in ("limit", "cursor"):
-            if name in args:
-                raise ApiError(422, "invalid_field", f"{name} pages the call history: use it with status=all "
-                               "or a call status.", name)
+    if query.status == "active":
         return jsonify({"items": [v for s in rt.registry.sessions() if s.live
                                   for v in [live[s.call_control_id]]], "next_cursor": None})
-    limit, cursor = _page(args)
     rt.log.flush()  # every session is logged when it is created: the history holds them all
-    logged, next_id = rt.log.calls(status=None if status == "all" else status, after=cursor, limit=limit)
+    logged, next_id = rt.log.calls(status=None if query.status == "all" else query.status,
+                                   after=query.cursor, limit=query.limit)
     items = [live.get(call["call_control_id"], call) for call in logged]
     return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
@@ -124,18 +114,12 @@ def patch_injection(key: str, inj_id: str) -> Response:
     session = _live_session(key)
     inj = _injection(session, inj_id)
     fields, _ = _request_fields(json_only=True)
-    unknown = [name for name in fields if name != "gain_db"]
-    if unknown:
-        raise ApiError(422, "unknown_field", f"Only gain_db can change on a playing injection, "
-                       f"not {unknown[0]!r}.", unknown[0])
-    if "gain_db" not in fields:
-        raise ApiError(422, "invalid_field", "Send the new gain_db.", "gain_db")
-    gain = injections.number("gain_db", fields["gain_db"], -60, 12)
+    patch = schemas.parse(schemas.GainPatch, fields)
     if not inj.active:
         raise ApiError(409, "injection_not_active", f"Injection {inj_id} is already {inj.status}.")
     if inj.mode != "mix":
         raise ApiError(409, "injection_not_mixed", "Telnyx plays this injection; its gain is fixed.")
-    session.set_gain(inj, float(gain))
+    session.set_gain(inj, patch.gain_db)
     return jsonify(session.injection_view(inj))
 
 
@@ -162,19 +146,11 @@ def clear(key: str) -> Response:
 
 @bp.get("/stream-log")
 def stream_log() -> Response:
-    args = request.args
-    _refuse_unknown(args, ("call_control_id", "event", "since", "limit", "cursor"))
-    limit, cursor = _page(args)
-    since = args.get("since")
-    if since is not None and not _is_iso_time(since):
-        raise ApiError(422, "invalid_field", "since must be an ISO 8601 UTC time like "
-                       "2026-01-31T12:00:00Z.", "since")
+    query = schemas.parse(schemas.StreamLogQuery, request.args.to_dict())
     log = runtime().log
     log.flush()
-    items, next_id = log.events(
-        call_control_id=args.get("call_control_id"), event=args.get("event"),
-        since=_normalise_time(since) if since else None, after_id=cursor, limit=limit,
-    )
+    items, next_id = log.events(call_control_id=query.call_control_id, event=query.event, since=query.since,
+                                after_id=query.cursor, limit=query.limit)
     return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
 
@@ -183,25 +159,17 @@ def metrics() -> Response:
     return Response(runtime().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """This API described in OpenAPI 3.1, generated from streams.schemas: it needs the API token
+    like every route but /health and the webhooks (it maps the whole API)."""
+    document = current_app.extensions.get("openapi")
+    if document is None:
+        document = current_app.extensions["openapi"] = schemas.openapi(current_app, VERSION)
+    return jsonify(document)
+
+
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _refuse_unknown(args: Mapping[str, str], known: tuple[str, ...]) -> None:
-    unknown = [name for name in args if name not in known]
-    if unknown:
-        raise ApiError(422, "unknown_field", f"Unknown query parameter {unknown[0]!r}.", unknown[0])
-
-
-def _page(args: Mapping[str, str]) -> tuple[int, int]:
-    """(limit, cursor) of a paged list: limit 1..1000 (100), cursor a previous page's next_cursor."""
-    limit_text = args.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
-        raise ApiError(422, "out_of_range", "limit must be a whole number from 1 to 1000.", "limit")
-    cursor = args.get("cursor", "0")
-    if not cursor.isdigit():
-        raise ApiError(422, "invalid_field", "cursor must be a next_cursor value from a previous page.",
-                       "cursor")
-    return int(limit_text), int(cursor)
 
 
 def _request_fields(json_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -256,18 +224,3 @@ def _injection(session: CallSession, inj_id: str) -> Injection:
 
 def _injection_not_found(inj_id: str) -> ApiError:
     return ApiError(404, "injection_not_found", f"No injection {inj_id!r} on this call.")
-
-
-def _is_iso_time(text: str) -> bool:
-    try:
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
-
-
-def _normalise_time(text: str) -> str:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

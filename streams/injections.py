@@ -1,4 +1,5 @@
-"""POST /streams/<id>/inject: validate the request, then decode its source once.
+"""POST /streams/<id>/inject: validate the request (streams.schemas.InjectBody), then decode its
+source once.
 
 Validation names the offending field (422); decoding failures carry the decoder's reason.
 Both run on the request thread, never on a pacer.
@@ -8,27 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from werkzeug.datastructures import FileStorage
 
 from errors import ApiError
 from mixer import sources, speech
 from mixer.errors import AudioError
 from streams.fetch import fetch_audio
+from streams.schemas import InjectBody, Tone, to_api_error
 
-SOURCES = ("audio_url", "audio_base64", "clip", "tone", "dtmf", "text", "file")
-OPTIONS = ("gain_db", "loop", "fade_in_ms", "fade_out_ms", "duck", "label", "mode", "voice",
-           "language")
-TONE_FIELDS = ("frequency_hz", "duration_ms", "level_dbfs")
-DTMF_CHARS = frozenset("0123456789*#ABCD")
-MAX_TEXT_CHARS = 5000
-MAX_LABEL_CHARS = 200
+SOURCES = InjectBody.SOURCES
 
 
 @dataclass(frozen=True)
@@ -60,46 +56,26 @@ def _invalid(field: str, message: str, code: str = "invalid_field") -> ApiError:
     return ApiError(422, code, message, field)
 
 
-def number(field: str, value: Any, low: float, high: float, *, integer: bool = False) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _invalid(field, f"{field} must be a number.") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _invalid(field, f"{field} must be a number.")
-    if integer and value != int(value):
-        raise _invalid(field, f"{field} must be a whole number.")
-    if not low <= value <= high:
-        raise _invalid(field, f"{field} must be between {low:g} and {high:g}.", "out_of_range")
-    return value
-
-
-def _boolean(field: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise _invalid(field, f"{field} must be true or false.")
-
-
-def _text(field: str, value: Any, max_chars: int) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _invalid(field, f"{field} must be a non-empty string.")
-    if len(value) > max_chars:
-        raise _invalid(field, f"{field} is limited to {max_chars} characters.", "out_of_range")
-    return value
-
-
 def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> InjectRequest:
-    """`fields` is the JSON object or the form; `files` the multipart files."""
+    """`fields` is the JSON object or the form; `files` the multipart files.
+
+    The fields are parsed by InjectBody; its errors are answered in the order a reader checks a
+    request: an unknown name, the number of sources, the source, the mode, what the mode and
+    the source allow, then the options.
+    """
     for name in files:
         if name != "file":
             raise _invalid(name, f"Unknown file field {name!r}; upload the sound as 'file'.",
                            "unknown_field")
-    for name in fields:
-        if name not in SOURCES and name not in OPTIONS:
-            raise _invalid(name, f"Unknown field {name!r}.", "unknown_field")
+    body: InjectBody | None = None
+    errors: list[ErrorDetails] = []
+    try:
+        body = InjectBody.model_validate({k: v for k, v in fields.items() if k != "file"})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+    for error in errors:
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+            raise to_api_error(InjectBody, error)
     given = [name for name in SOURCES if name in fields or name in files]
     if not given:
         raise ApiError(422, "missing_source",
@@ -108,29 +84,14 @@ def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> Inje
         raise ApiError(422, "multiple_sources",
                        f"Give exactly one source, not {' and '.join(given)}.", given[1])
     kind = given[0]
-    value: Any = files[kind] if kind == "file" else fields[kind]
-
-    if kind in ("audio_url", "clip"):
-        value = _text(kind, value, 1 << 30)
-    elif kind == "audio_base64":
-        # An empty string is empty audio, answered as an empty upload is (undecodable_audio, by
-        # load_samples), not as a malformed field.
-        if not isinstance(value, str):
-            raise _invalid(kind, "audio_base64 must be a string: the audio file in base64.")
-    elif kind == "text":
-        value = _text(kind, value, MAX_TEXT_CHARS)
-    elif kind == "dtmf":
-        value = _text(kind, value, 100).upper()
-        bad = sorted(set(value) - DTMF_CHARS)
-        if bad:
-            raise _invalid("dtmf", f"dtmf digits must be 0-9, *, #, A-D (not {''.join(bad)!r}).")
-    elif kind == "tone":
-        value = _parse_tone(value)
-
-    mode = fields.get("mode", "mix")
-    if mode not in ("mix", "playback"):
-        raise _invalid("mode", "mode must be 'mix' or 'playback'.")
-    if mode == "playback":
+    if kind == "file" and "file" not in files:
+        raise _invalid("file", "file must be an uploaded file: a multipart/form-data part.")
+    # pydantic lists a model's fields in order (the source before mode), unknown names last.
+    first = sorted((e for e in errors if e["loc"][0] in (kind, "mode")),
+                   key=lambda e: (e["loc"][0] != kind, e["type"] != "extra_forbidden"))
+    if first:
+        raise to_api_error(InjectBody, first[0])
+    if fields.get("mode") == "playback":
         if kind != "audio_url":
             raise _invalid("mode", "mode 'playback' hands an audio_url to Telnyx; it needs audio_url.")
         for name in ("gain_db", "fade_in_ms", "fade_out_ms", "duck"):
@@ -139,41 +100,23 @@ def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> Inje
     for name in ("voice", "language"):
         if name in fields and kind != "text":
             raise _invalid(name, f"{name} applies to a text source only.")
-
+    if errors:
+        raise to_api_error(InjectBody, errors[0])
+    assert body is not None
+    value: Any = files["file"] if kind == "file" else getattr(body, kind)
     return InjectRequest(
         kind=kind,
-        value=value,
-        gain_db=number("gain_db", fields.get("gain_db", 0.0), -60, 12),
-        loop=_boolean("loop", fields.get("loop", False)),
-        fade_in_ms=int(number("fade_in_ms", fields.get("fade_in_ms", 0), 0, 10000, integer=True)),
-        fade_out_ms=int(number("fade_out_ms", fields.get("fade_out_ms", 0), 0, 10000, integer=True)),
-        duck=_boolean("duck", fields.get("duck", False)),
-        label=_text("label", fields["label"], MAX_LABEL_CHARS) if "label" in fields else None,
-        mode=mode,
-        voice=_text("voice", fields["voice"], 100) if "voice" in fields else None,
-        language=_text("language", fields["language"], 35) if "language" in fields else None,
+        value=value.model_dump() if isinstance(value, Tone) else value,
+        gain_db=body.gain_db,
+        loop=body.loop,
+        fade_in_ms=body.fade_in_ms,
+        fade_out_ms=body.fade_out_ms,
+        duck=body.duck,
+        label=body.label,
+        mode=body.mode,
+        voice=body.voice,
+        language=body.language,
     )
-
-
-def _parse_tone(value: Any) -> dict[str, float]:
-    if isinstance(value, str):  # multipart forms carry the tone as JSON text
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise _invalid("tone", "tone must be an object.") from None
-    if not isinstance(value, dict):
-        raise _invalid("tone", "tone must be an object.")
-    for name in value:
-        if name not in TONE_FIELDS:
-            raise _invalid(f"tone.{name}", f"Unknown field 'tone.{name}'.", "unknown_field")
-    if "frequency_hz" not in value:
-        raise _invalid("tone.frequency_hz", "tone.frequency_hz is required.")
-    return {
-        "frequency_hz": number("tone.frequency_hz", value["frequency_hz"], 20, 20000),
-        "duration_ms": number("tone.duration_ms", value.get("duration_ms", 1000), 1, 3_600_000,
-                               integer=True),
-        "level_dbfs": number("tone.level_dbfs", value.get("level_dbfs", -10.0), -60, 0),
-    }
 
 
 def describe(req: InjectRequest) -> dict[str, Any]:
