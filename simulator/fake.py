@@ -31,16 +31,10 @@ import numpy as np
 import soundfile as sf
 
 from simulator.audio import CallerAudio, Int16Array, to_pcm16
-from simulator.media import (
-    CallIdentity,
-    MediaEngine,
-    MediaStream,
-    StreamParams,
-    StreamState,
-    is_loopback_url,
-    probe_socket,
-)
+from simulator.engine import MediaEngine
 from simulator.rest import CommandRejected, RecordedCommand, RestFake
+from simulator.stream import MediaStream, StreamState, is_loopback_url, probe_socket
+from simulator.stream_params import CallIdentity, StreamParams
 from simulator.webhooks import Delivery, WebhookEvent, WebhookSender, WebhookSigner, iso_now, make_event
 
 logger = logging.getLogger(__name__)

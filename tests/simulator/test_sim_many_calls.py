@@ -9,7 +9,7 @@ import telnyx
 from websockets.sync.server import ServerConnection, serve
 
 from simulator import CallerAudio, FakeTelnyx
-from simulator.media import PHASES, MediaEngine
+from simulator.engine import PHASES, MediaEngine
 from tests.simulator.conftest import WebhookReceiver, rtp_params, wait_until
 
 CALLS = 24

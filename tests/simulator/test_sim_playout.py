@@ -12,8 +12,8 @@ import soundfile as sf
 import telnyx
 
 from simulator import FakeTelnyx, SimCall, g711
-from simulator import media as media_module
-from simulator.media import Recorder
+from simulator import stream as stream_module
+from simulator.recorder import Recorder
 from tests.simulator.conftest import StreamServer, WebhookReceiver, rtp_params, wait_until
 
 
@@ -141,7 +141,7 @@ def test_compact_and_spaced_media_frames_play_alike(fake, client, stream_server)
     call = streaming_call(fake, client, stream_server.url)
     frame = media(tone_pcm(40))
     compact = json.dumps(frame, separators=(",", ":"))
-    assert media_module._EXACT_APP_MEDIA.fullmatch(compact) is not None
+    assert stream_module._EXACT_APP_MEDIA.fullmatch(compact) is not None
     stream_server.send(compact)
     stream_server.send(json.dumps(frame))
     stream_server.send(mark("both"))

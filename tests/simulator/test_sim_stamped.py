@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from simulator import stamped
-from simulator.media import MediaEngine
+from simulator.engine import MediaEngine
 from tests.simulator.conftest import WAIT, wait_until
 from tests.simulator.test_sim_wsclient import Client, Loop, RawServer
 from tests.wsframes import frame

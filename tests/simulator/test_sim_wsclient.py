@@ -21,7 +21,7 @@ import pytest
 import telnyx
 
 from simulator import FakeTelnyx
-from simulator.media import MediaEngine
+from simulator.engine import MediaEngine
 from simulator.wsclient import ConnectionClosed, HandshakeError, InvalidStatus, WebSocketClient, open_socket
 from tests.simulator.conftest import WAIT, WebhookReceiver, rtp_params, wait_until
 from tests.wsframes import frame
