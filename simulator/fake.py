@@ -4,7 +4,8 @@ Call life cycle as Telnyx runs it for an inbound call:
 place_call -> `call.initiated` (incoming, parked) -> app `answer` -> `call.answered`
 (-> stream, if answer carried stream_url) -> app `streaming_start` -> socket connects ->
 `streaming.started` + `connected`/`start`/`media`... -> hangup (either side) -> `stop`,
-`streaming.stopped`, `call.hangup`.
+`streaming.stopped`, `call.hangup`. `playback_start`/`playback_stop` send `call.playback.started`
+and `call.playback.ended` without playing anything (simulator.playback).
 
 Commands are answered first; webhooks and socket work happen afterwards on other threads.
 
@@ -32,6 +33,7 @@ import soundfile as sf
 
 from simulator.audio import CallerAudio, Int16Array, to_pcm16
 from simulator.engine import MediaEngine
+from simulator.playback import DEFAULT_SECONDS_PER_PLAY, Playbacks
 from simulator.rest import CommandRejected, RecordedCommand, RestFake
 from simulator.stream import MediaStream, StreamState, is_loopback_url, probe_socket
 from simulator.stream_params import CallIdentity, StreamParams
@@ -69,6 +71,10 @@ class SimCall:
         self.stream_id: str | None = None
         self.hangup_cause: str | None = None
         self.webhooks: list[WebhookEvent] = []
+        # Runs on the engine loop: commands reach it through engine.call_soon.
+        self.playbacks = Playbacks(self.call_control_id, emit=self._playback_event,
+                                   schedule=lambda delay, fn: fake.engine.loop.call_later(delay, fn),
+                                   seconds_per_play=fake.playback_seconds)
 
     # ---- observing -------------------------------------------------------------------------
 
@@ -237,6 +243,9 @@ class SimCall:
             self.streaming_status = status
         self.media.notify()
 
+    def _playback_event(self, event_type: str, fields: dict[str, Any]) -> None:
+        self._fake._webhook(self, event_type, self._payload(**fields))
+
     def _payload(self, **extra: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {"call_control_id": self.call_control_id, "connection_id": CONNECTION_ID,
                                    "call_leg_id": self.call_leg_id, "call_session_id": self.call_session_id,
@@ -253,8 +262,10 @@ class FakeTelnyx:
                  max_call_seconds: float = 3600.0, webhook_workers: int = 4, webhook_timeout_s: float = 2.0,
                  webhook_max_attempts: int = 3, webhook_retry_delay_s: float = 0.25,
                  l16_byteorder: str = "big", dedupe_window_s: float = 60.0,
+                 playback_seconds: float = DEFAULT_SECONDS_PER_PLAY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api_key = api_key
+        self.playback_seconds = playback_seconds  # how long one play of an audio_url lasts (simulator.playback)
         self.allow_non_loopback = allow_non_loopback
         self.max_calls = max_calls
         self.max_call_seconds = max_call_seconds
@@ -437,9 +448,12 @@ class FakeTelnyx:
             self._start_stream(call, body)
         elif action == "streaming_stop":
             self._stop_stream(call, body)
+        elif action == "playback_start":
+            self.engine.call_soon(lambda: call.playbacks.start(body))
+        elif action == "playback_stop":
+            self.engine.call_soon(lambda: call.playbacks.stop(body))
         elif action == "hangup" and self._begin_hangup(call, "normal_clearing"):
             self.engine.spawn(self._finish_hangup(call, "normal_clearing", "callee", body.get("client_state")))
-        # playback_start / playback_stop: accepted and recorded; the simulator plays no files.
         return True
 
     def _answer(self, call: SimCall, body: dict[str, Any]) -> None:
@@ -542,6 +556,7 @@ class FakeTelnyx:
             if was_streaming:
                 self._webhook(call, "streaming.stopped", call._payload(stream_url=stream.params.url))
         call.media.recorder.end(time.monotonic())
+        call.playbacks.hangup()
         stats = call.media.stats
         payload = call._payload(
             hangup_cause=cause, hangup_source=source, sip_hangup_cause="200" if cause == "normal_clearing" else "",
