@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve bench clean
+# A simulated session, in two terminals: `make sim-serve`, then `make call` (see simulator/cli.py).
+# SESSION names it, so that several can run at once; ARGS passes options, e.g. ARGS="--seconds 30".
+SESSION ?= default
+ARGS ?=
+
+.PHONY: demo test lint serve sim-serve call bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,14 @@ lint: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/python app.py
+
+# The server (python app.py) with the simulator's environment: free ports, its own database.
+sim-serve: $(STAMP)
+	$(BIN)/python -m simulator serve --session $(SESSION) $(ARGS)
+
+# One call against `make sim-serve`: prints curl commands to inject into it, hangs up on Ctrl-C.
+call: $(STAMP)
+	$(BIN)/python -m simulator call --session $(SESSION) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
