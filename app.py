@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     cfg = load_config(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = cfg.MAX_UPLOAD_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
