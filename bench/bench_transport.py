@@ -301,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="50,200", help="comma-separated connection counts")
     parser.add_argument("--target", type=int, default=500,
-                        help="extra media-plane-only call count (flask-sock collapses well before it); 0 skips")
+                        help="extra front-door-only call count (flask-sock collapses well before it); 0 skips")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured window per run")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)

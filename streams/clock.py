@@ -8,10 +8,10 @@ starts playing after being idle, so each call still runs OUTBOUND_LEAD_MS ahead 
 Ticks late by less than the lead and a frame are caught up back to back (past the lead alone,
 Telnyx has had a gap of under a frame); after a longer stall every call sends its lead again.
 
-Who runs the ticks: the media plane's event loop when `python app.py` serves (drive_from: the
+Who runs the ticks: the front door's event loop when `python app.py` serves (drive_from: the
 loop polls the clock between socket events, so inbound frames, the mixing and our sends share
 one thread and never wait for the GIL behind each other); otherwise a thread of the clock's own,
-started with the first call (flask-sock under another WSGI server, tests).
+started with the first call (the WSGI app alone, in tests).
 """
 
 from __future__ import annotations

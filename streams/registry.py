@@ -43,7 +43,7 @@ class SessionRegistry:
         """The session of a call, created on first sight; returns (session, created).
 
         None for a call that ended in this process: a late event or a stray `start` must not
-        revive it. (In memory only: the media plane's loop thread calls this.)
+        revive it. (In memory only: the front door's loop thread calls this.)
         """
         with self._lock:
             session = self._by_call.get(call_control_id)

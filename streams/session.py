@@ -2,7 +2,7 @@
 
 Threads that touch a session: request threads (webhooks, REST), the socket's reader (inbound
 frames) and the thread that ticks the process's media clock (outbound frames: begin_frame,
-end_frame); under `python app.py` the last two are the media plane's loop thread. `_lock` guards the
+end_frame); under `python app.py` the last two are the front door's loop thread. `_lock` guards the
 session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
 The clock never touches the database or Flask: it only puts events on the event log's queue.
 """

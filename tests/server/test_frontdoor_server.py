@@ -82,7 +82,7 @@ class Harness:
 
 
 def make_app() -> Flask:
-    app = Flask("mediaplane_test")
+    app = Flask("frontdoor_test")
 
     @app.get("/hello")
     def hello() -> str:
