@@ -121,7 +121,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
 
 def _no_network(url: str, **_: Any) -> bytes:
     """audio_url: the fuzzer's URLs must not reach the internet. Every one serves a short tone
-    (tests/server/test_bad_input.py checks the 502s of unreachable ones)."""
+    (tests/e2e/test_bad_input.py checks the 502s of unreachable ones)."""
     buffer = io.BytesIO()
     sf.write(buffer, 0.25 * np.sin(2 * np.pi * 440 * np.arange(800) / 8000), 8000, format="WAV")
     return buffer.getvalue()

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server.test_serve import AppProcess, _healthy
+from e2e.test_serve import AppProcess, _healthy
 from wsframes import frame
 
 from config import Config

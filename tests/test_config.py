@@ -55,6 +55,6 @@ def test_env_example_lists_every_key():
 
     from config import Config
 
-    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     listed = {line.split("=")[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
     assert listed == {f.name for f in fields(Config)}
