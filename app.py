@@ -21,12 +21,12 @@ import errors
 from config import ConfigError, load_config
 from eventlog import EventLog
 from frontdoor import FrontDoor, Limits
+from metrics import Metrics
 from mixer.mixer import DuckingConfig
+from runtime import Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
-from streams.metrics import Metrics
 from streams.registry import SessionRegistry
-from streams.runtime import Runtime
 from streams.session import SessionSettings
 from webhooks import views as webhook_views
 from webhooks.commands import CallCommands

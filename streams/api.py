@@ -11,9 +11,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 import apitoken
 from errors import ApiError
+from runtime import VERSION
+from runtime import current as runtime
 from streams import injections, schemas
-from streams.runtime import VERSION
-from streams.runtime import current as runtime
 from streams.session import CallSession, Injection
 from streams.status import CallNotActive, TooManyInjections
 

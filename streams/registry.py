@@ -7,9 +7,9 @@ import threading
 from collections import OrderedDict
 
 from eventlog import EventLog
+from metrics import Metrics
 from mixer.pacer import PacerStats
 from streams.clock import MediaClock
-from streams.metrics import Metrics
 from streams.session import CallSession, SessionSettings
 from streams.status import CallStatus
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from eventlog import EventLog, utc_now
 from frontdoor import CloseCode
+from metrics import Metrics
 from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
@@ -26,7 +27,6 @@ from streams import protocol
 from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
-from streams.metrics import Metrics
 from streams.status import LIVE, TERMINAL, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 from eventlog import EventLog
 from frontdoor import CloseCode, Connection, HttpError, Request
+from metrics import Metrics
 from mixer.errors import UnsupportedCodec
+from runtime import Runtime
 from streams import protocol
 from streams.auth import Grant, StreamAuthError
 from streams.connection import PlaneSender, Sender
-from streams.metrics import Metrics
 from streams.registry import SessionRegistry
-from streams.runtime import Runtime
 from streams.session import CallSession
 from streams.status import CallStatus
 

@@ -15,7 +15,7 @@ from typing import Any
 import telnyx
 
 from eventlog import EventLog
-from streams.metrics import Metrics
+from metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import binascii
 import logging
 from typing import Any
 
-from streams.runtime import Runtime
+from runtime import Runtime
 from streams.session import CallSession
 from streams.status import CallStatus, InjectionStatus
 from webhooks.events import WebhookEvent

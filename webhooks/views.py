@@ -17,8 +17,8 @@ from nacl.signing import VerifyKey
 
 import apitoken
 from errors import ApiError
-from streams.runtime import Runtime
-from streams.runtime import current as runtime
+from runtime import Runtime
+from runtime import current as runtime
 from webhooks import signature
 from webhooks.events import parse_event
 from webhooks.flow import CallFlow

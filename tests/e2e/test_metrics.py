@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_load import server_counters
-from streams.metrics import METRICS, Metrics
+from metrics import METRICS, Metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

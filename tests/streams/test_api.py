@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app, shutdown
-from streams.runtime import Runtime
+from runtime import Runtime
 from streams.status import CallStatus
 
 

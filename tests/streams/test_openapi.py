@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 import streams.injections
 from app import create_app, shutdown
-from streams.runtime import Runtime
+from runtime import Runtime
 from streams.schemas import OPERATIONS
 from streams.status import CallStatus
 

@@ -14,9 +14,9 @@ from flask import current_app
 
 from config import Config
 from eventlog import EventLog
+from metrics import Metrics
 from streams.auth import StreamAuth
 from streams.injections import Limits
-from streams.metrics import Metrics
 from streams.registry import SessionRegistry
 from streams.session import CallSession, Injection
 

@@ -167,14 +167,14 @@ class Metrics:
         for label, value in labels.items():
             if value not in spec.labels[label]:
                 raise ValueError(f"metric {name!r}: {label}={value!r} is not declared; add it to METRICS in "
-                                 "streams/metrics.py")
+                                 "metrics.py")
         return counter.labels(**labels) if labels else counter
 
 
 def _declared(name: str) -> Declared:
     spec = METRICS.get(name)
     if spec is None:
-        raise ValueError(f"metric {name!r} is not declared; declare it in METRICS in streams/metrics.py")
+        raise ValueError(f"metric {name!r} is not declared; declare it in METRICS in metrics.py")
     return spec
 
 
