@@ -15,15 +15,15 @@ window, on the loop thread itself (time.thread_time: user + system):
   server     share of one core the app subprocess used (it must not be the bottleneck)
 With two or more cores the server is pinned to the first and this process to the second.
 
---baseline REV loads simulator/media.py as it was at git revision REV (with today's other
-simulator modules) and runs the same streams through it first; `ratio` is new / baseline.
+--baseline REV runs the same streams first through the simulator package as it was at git
+revision REV (extracted to a temporary folder and run by a child process of this script, so no
+module of today's simulator mixes in); `ratio` is new / baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import subprocess
@@ -81,23 +81,26 @@ def serve() -> None:
 # -- the simulator (this process) ------------------------------------------------------------
 
 
-def media_module(rev: str | None) -> ModuleType:
-    """simulator.media now, or the file as it was at `rev` loaded beside today's simulator."""
-    if rev is None:
-        import simulator.media
+def media_module() -> ModuleType:
+    """simulator.media of the simulator package on the path (today's, or --simulator-from's)."""
+    import simulator.media
 
-        return simulator.media
-    source = subprocess.run(["git", "show", f"{rev}:simulator/media.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"simulator_media_{rev}", f.name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    os.unlink(f.name)
-    return module
+    return simulator.media
+
+
+def baseline_results(rev: str, streams: list[int], seconds: float) -> list[dict[str, Any]]:
+    """Each stream count run by a child of this script through the simulator as it was at `rev`."""
+    with tempfile.TemporaryDirectory() as folder:
+        archive = subprocess.run(["git", "archive", rev, "simulator"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        results = []
+        for n in streams:
+            out = subprocess.run([sys.executable, __file__, "--streams", str(n), "--seconds", str(seconds),
+                                  "--simulator-from", folder, "--json"], cwd=ROOT, check=True,
+                                 capture_output=True, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
 
 
 def kernel_seconds() -> float:
@@ -206,22 +209,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--streams", default="100,400", help="comma-separated stream counts")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured window per run")
-    parser.add_argument("--baseline", metavar="REV", help="also run simulator/media.py as of this git revision")
+    parser.add_argument("--baseline", metavar="REV", help="also run the simulator as of this git revision")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--simulator-from", metavar="DIR", help=argparse.SUPPRESS)  # a --baseline child
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
         return
-    variants: list[tuple[str, ModuleType]] = []
-    if args.baseline:
-        variants.append((args.baseline[:10], media_module(args.baseline)))
-    variants.append(("current", media_module(None)))
-    print(f"{'streams':>7} {'media.py':<10} {'msg/s':>7} {'us/msg':>7} {'loop CPU':>8} {'sys':>4} {'late':>5} "
+    counts = [int(n) for n in args.streams.split(",")]
+    if args.simulator_from:
+        sys.path.insert(0, args.simulator_from)  # before anything imports the simulator
+    if args.json:
+        print(json.dumps(run(media_module(), counts[0], args.seconds)))
+        return
+    baseline = baseline_results(args.baseline, counts, args.seconds) if args.baseline else None
+    print(f"{'streams':>7} {'simulator':<10} {'msg/s':>7} {'us/msg':>7} {'loop CPU':>8} {'sys':>4} {'late':>5} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'server':>7} {'ratio':>6}")
-    for streams in (int(n) for n in args.streams.split(",")):
+    for i, streams in enumerate(counts):
         base: float | None = None
-        for name, media in variants:
-            r: dict[str, Any] = run(media, streams, args.seconds)
+        rows: list[tuple[str, dict[str, Any]]] = []
+        if baseline is not None:
+            rows.append((args.baseline[:10], baseline[i]))
+        rows.append(("current", run(media_module(), streams, args.seconds)))
+        for name, r in rows:
             ratio = f"{r['us_per_msg'] / base:.2f}" if base is not None and name == "current" else "-"
             if base is None:
                 base = r["us_per_msg"]
