@@ -6,8 +6,7 @@ parser (frontdoor.http); nothing else looks at them. Once the request is complet
   `accept`, which may refuse it with any status) and becomes a websocket Connection on the same
   loop: the media sockets;
 - every other request goes, complete, to a bounded pool that runs the WSGI app
-  (frontdoor.wsgi); the pool thread sends the response as far as the kernel takes it at once
-  (never waiting), and the loop writes any rest and closes.
+  (frontdoor.wsgi), and the loop writes the response back and closes.
 So a slow or stalled client costs a buffer and a descriptor, never a thread, and every phase has
 a deadline: the head, the body (by its size and a minimum rate), the response write, the
 closing linger, the websocket close handshake, an idle websocket. Deadlines are checked by a
@@ -20,8 +19,7 @@ Threads:
   after every tick of the timer: when the clock's ticks take most of the loop's time, a request
   or a handshake is served after the next tick, not behind every media socket that is readable.
 - any thread may call Connection.send_text/close (see frontdoor.websocket).
-- the WSGI pool's threads run the app and send its response; what is left of it, and the
-  close, come back to the loop through the inbox.
+- the WSGI pool's threads run the app; a response comes back to the loop through the inbox.
 """
 
 from __future__ import annotations
@@ -75,8 +73,7 @@ _LINGERING = 3  # answered; our side is shut, input is drained until the peer cl
 
 
 class _HttpConn:
-    __slots__ = ("addr", "buffered", "closed", "continued", "deadline", "events", "lock", "reader", "response", "sock",
-                 "state")
+    __slots__ = ("addr", "buffered", "continued", "deadline", "events", "reader", "response", "sock", "state")
 
     def __init__(self, sock: socket.socket, addr: Any, reader: RequestReader, deadline: float) -> None:
         self.sock = sock
@@ -88,10 +85,6 @@ class _HttpConn:
         self.continued = False  # 100 Continue sent
         self.buffered = 0  # body bytes this connection holds, counted in the door's budget
         self.events = 0  # what the control selector watches for
-        # Guards sock against being closed (by the loop) while a pool thread writes the response,
-        # and `closed`; taken only around those two.
-        self.lock = threading.Lock()
-        self.closed = False
 
 
 def _dispatch(key: selectors.SelectorKey, mask: int) -> None:
@@ -518,18 +511,7 @@ class FrontDoor:
         self._watch_http(hc, 0)
 
         def done(response: bytes, hc: _HttpConn = hc) -> None:  # on a pool thread
-            # Write it from here: the client has its answer without waiting for the loop, which
-            # may be in a media tick. The loop writes what the kernel did not take and closes.
-            with hc.lock:
-                if hc.closed:
-                    return
-                try:
-                    sent = hc.sock.send(response)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    sent = 0  # the loop's own write meets the error and closes
-                hc.response += memoryview(response)[sent:]
+            hc.response += response
             self._responses.append(hc)
             self.wake()
 
@@ -576,15 +558,13 @@ class FrontDoor:
         self._write_response(hc)
 
     def _write_response(self, hc: _HttpConn) -> None:
-        sent = 0
-        if hc.response:
-            try:
-                sent = hc.sock.send(hc.response)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close_http(hc)
-                return
+        try:
+            sent = hc.sock.send(hc.response)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close_http(hc)
+            return
         del hc.response[:sent]
         if hc.response:
             self._watch_http(hc, WRITE)
@@ -629,6 +609,4 @@ class FrontDoor:
         with contextlib.suppress(KeyError, ValueError):
             self._watch_http(hc, 0)
         self._forget_http(hc)
-        with hc.lock:
-            hc.closed = True
-            hc.sock.close()
+        hc.sock.close()

@@ -1,9 +1,8 @@
 """Complete requests run on a bounded thread pool under the WSGI app; responses come back as bytes.
 
 The loop hands over a request only once its head and body are fully in, so a pool thread never
-waits on a client: it runs the app and hands the whole response to a callback, which sends
-what the kernel takes at once and leaves the rest to the loop. Each connection carries one
-request (`Connection: close`), as werkzeug's server did.
+waits on a client: it runs the app and returns the whole response, which the loop writes without
+blocking. Each connection carries one request (`Connection: close`), as werkzeug's server did.
 """
 
 from __future__ import annotations
