@@ -151,17 +151,13 @@ class Connection:
 
     def send_text(self, text: str | bytes) -> bool:
         """Queue one text message (or its UTF-8); False once the connection is closing or closed."""
-        data = wire.frame_text(text)
-        with self._lock:
-            if self._state != _OPEN:
-                return False
-            self.messages_out += 1
-            self.bytes_out += len(data)
-            return self._write_locked(data)
+        return self._send_frame(wire.frame_text(text))
 
     def send_binary(self, data: bytes) -> bool:
         """Queue one binary message; False once the connection is closing or closed."""
-        framed = wire.frame(wire.OP_BINARY, data)
+        return self._send_frame(wire.frame(wire.OP_BINARY, data))
+
+    def _send_frame(self, framed: bytes) -> bool:
         with self._lock:
             if self._state != _OPEN:
                 return False
