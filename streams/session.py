@@ -163,6 +163,8 @@ class CallSession:
             self.stream_id = start.stream_id
             if self.status in LIVE:
                 self.status = CallStatus.STREAMING
+            # A second `start` of the call, whether or not the first one played anything.
+            reconnect = self.started_at is not None or old is not None
             self.started_at = self.started_at or utc_now()
             self.info["from"] = self.info.get("from") or start.from_number
             self.info["to"] = self.info.get("to") or start.to_number
@@ -176,7 +178,6 @@ class CallSession:
                 self.mixer.stop_all()
                 self.mixer = self._new_mixer()
             self._codec = codec
-            reconnect = self.frames_sent > 0 or old is not None
             # Under the lock, so an end() racing with this attach cannot leave us on the clock.
             self._clock.add(self)
         if old is not None and old is not conn:

@@ -97,10 +97,6 @@ def test_status_follows_answer_stream_drop_and_reconnect(session: CallSession, l
     assert log.call(CCID)["status"] == "streaming"  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason="attach() calls a start a reconnect only when frames were sent or a "
-                   "socket is still bound (frames_sent > 0 or old is not None); after a drop (detach) of a "
-                   "stream that never played anything, the call's second `start` is logged as stream.started "
-                   "again, though docs/api.md says stream.reconnected is 'a later one for the same call'")
 def test_a_later_start_is_logged_as_reconnected_even_if_nothing_was_played(session: CallSession,
                                                                           log: EventLog) -> None:
     first = streaming(session)
