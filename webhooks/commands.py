@@ -1,13 +1,18 @@
 """Call Control commands through the official telnyx SDK, run off the request thread.
 
-Webhooks must be answered within 2 s, so commands go to a small pool. Every command carries a
+Webhooks must be answered within 2 s, so commands go to a small pool; the commands of one call
+run one after the other, in the order they were submitted (a playback_stop must not overtake the
+playback_start it stops, even while the SDK retries that one). Every command carries a
 `command_id`: the SDK retries POSTs on 408/409/429/5xx and timeouts, and Telnyx ignores a
 repeated command_id for the same call, so retries are safe. Each outcome is an event on the call.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -53,6 +58,10 @@ class CallCommands:
             "hangup": actions.hangup,
         }
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="telnyx-command")
+        # Guards _queues and _closed. A call has a queue while one pool thread drains it.
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[tuple[Future[bool], Callable[[], bool]]]] = {}
+        self._closed = False
 
     def submit(
         self,
@@ -63,8 +72,34 @@ class CallCommands:
         on_done: Done | None = None,
         **params: Any,
     ) -> Future[bool]:
-        return self._pool.submit(self.run, action, call_control_id, command_id=command_id,
-                                 on_done=on_done, **params)
+        future: Future[bool] = Future()
+        job = functools.partial(self.run, action, call_control_id, command_id=command_id, on_done=on_done, **params)
+        with self._lock:
+            queue = self._queues.get(call_control_id)
+            if queue is not None:  # its drainer takes it after the ones before it
+                queue.append((future, job))
+                return future
+            self._queues[call_control_id] = deque([(future, job)])
+        self._pool.submit(self._drain, call_control_id)
+        return future
+
+    def _drain(self, call_control_id: str) -> None:
+        """Run the call's commands in order until its queue is empty (on a pool thread)."""
+        while True:
+            with self._lock:
+                queue = self._queues[call_control_id]
+                if not queue or self._closed:
+                    del self._queues[call_control_id]
+                    dropped = list(queue)
+                    break
+                future, job = queue.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:
+                    future.set_exception(exc)
+        for future, _ in dropped:  # closing: queued commands are dropped
+            future.cancel()
 
     def run(
         self,
@@ -104,6 +139,8 @@ class CallCommands:
         return ok
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 

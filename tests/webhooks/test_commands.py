@@ -146,10 +146,6 @@ def test_without_an_api_key_nothing_is_sent_and_the_failure_is_logged(fake: Rest
     assert logged(log, "v3:nokey")[-1][1]["error"] == "TELNYX_API_KEY is not set; Telnyx commands cannot be sent"
 
 
-@pytest.mark.xfail(strict=True, reason="CallCommands.submit runs every command on a shared pool of 8 threads "
-                   "with no per-call queue: a second command for the same call starts while the first is "
-                   "still in flight (e.g. playback_stop overtakes a slow or retried playback_start, and the "
-                   "playback it meant to stop then plays on)")
 def test_commands_for_one_call_run_in_order(commands: CallCommands, executor: Executor) -> None:
     executor.hold["playback_start"] = threading.Event()  # Telnyx is slow with the first one
     first = commands.submit("playback_start", "v3:order", command_id="playback_start-inj-1",
