@@ -131,7 +131,7 @@ BURST_TARGET_P99_MS = 100.0  # at 500 calls; missing it is noted, not a break
 INJECTOR_START_S = 1.0  # the tone injector's process is started this long before the window opens
 
 # The server's media clock counters, each under every name a revision of the server exported (one run
-# reads an old revision and the current one): since the metrics were declared in streams/metrics.py the
+# reads an old revision and the current one): since the metrics were declared once (metrics.py) the
 # late and skipped counters are named for what they count, media clock ticks.
 SERVER_COUNTERS = {
     "frames_sent": ("mixer_frames_sent_total",),
