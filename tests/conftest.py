@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from eventlog import EventLog
+from metrics import Metrics
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -16,3 +21,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # then heard the server's stall as a gap. Frozen, a collection walks one test's objects only.
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[EventLog]:
+    """A real event log of the test's own, for unit tests of what writes to it."""
+    log = EventLog(tmp_path / "events.sqlite3")
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()

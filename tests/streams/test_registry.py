@@ -4,7 +4,6 @@ the real one, told an event loop drives it (a no-op waker), so it never starts a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +14,6 @@ from streams import registry as registry_module
 from streams.registry import SessionRegistry
 from streams.status import CallStatus
 from tests.fakes import SETTINGS, FakeSender, logged, names, start_frame
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Iterator[EventLog]:
-    log = EventLog(tmp_path / "events.sqlite3")
-    yield log
-    log.close()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ socket, a FakeClock for the media clock and a real EventLog; the tests drive the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,20 +23,8 @@ TONE_40MS = (0.25 * np.sin(2 * np.pi * 440.0 * np.arange(RATE * 40 // 1000) / RA
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[EventLog]:
-    log = EventLog(tmp_path / "events.sqlite3")
-    yield log
-    log.close()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
 
 
 @pytest.fixture

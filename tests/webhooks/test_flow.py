@@ -43,13 +43,6 @@ def event(event_type: str, call_control_id: str = CCID, **payload: Any) -> Webho
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[EventLog]:
-    log = EventLog(tmp_path / "events.sqlite3")
-    yield log
-    log.close()
-
-
-@pytest.fixture
 def rt(tmp_path: Path, log: EventLog) -> Iterator[Runtime]:
     config = load_config({"DATABASE_PATH": tmp_path / "events.sqlite3", "STREAM_CODEC": "L16",
                           "STREAM_SAMPLE_RATE": 16000, "STREAM_TRACK": "both_tracks",
