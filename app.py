@@ -23,7 +23,7 @@ from eventlog import EventLog
 from frontdoor import FrontDoor, Limits
 from metrics import Metrics
 from mixer.mixer import DuckingConfig
-from runtime import Runtime
+from runtime import VERSION, Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
 from streams.registry import SessionRegistry
@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if interrupted:
         logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
                        len(interrupted))
-    metrics = Metrics(version=api.VERSION)
+    metrics = Metrics(version=VERSION)
     settings = SessionSettings(
         codec=cfg.STREAM_CODEC,
         sample_rate=cfg.STREAM_SAMPLE_RATE,
