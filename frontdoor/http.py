@@ -188,8 +188,7 @@ class RequestReader:
         if parser.should_upgrade() and (chunked or int(length or 0) > 0):
             raise HttpError(400, "bad_request", "An upgrade request carries no body.")
         if length is not None and int(length) > self.max_body_bytes:
-            raise HttpError(413, "payload_too_large",
-                            f"The request body is larger than the limit of {self.max_body_bytes} bytes.")
+            raise self._too_large()
         expect = request.header("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
@@ -197,13 +196,16 @@ class RequestReader:
             request.expect_continue = version == "1.1" and (chunked or int(length or 0) > 0)
         self.head = request
 
+    def _too_large(self) -> HttpError:
+        return HttpError(413, "payload_too_large",
+                         f"The request body is larger than the limit of {self.max_body_bytes} bytes.")
+
     def on_body(self, body: bytes) -> None:
         if self._p.messages > 1:
             return
         self._p.body += body
         if len(self._p.body) > self.max_body_bytes:
-            raise HttpError(413, "payload_too_large",
-                            f"The request body is larger than the limit of {self.max_body_bytes} bytes.")
+            raise self._too_large()
 
     def on_message_complete(self) -> None:
         if self._p.messages > 1 or self.head is None:
