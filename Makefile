@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SESSION ?= default
 ARGS ?=
 
-.PHONY: demo test lint serve sim-serve call bench clean
+.PHONY: demo test lint services serve sim-serve call bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(BIN)/python -m simulator demo --out demo-output
 
-test: lint
+test: lint services
 	$(BIN)/python -m pytest
+
+# The tests start their own Redis and PostgreSQL on free ports (tests/services.py) from Debian's
+# binaries: installed here when missing (as root), else named. A cluster the postgresql package
+# may start on port 5432 is not used.
+services:
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			redis-server postgresql; \
+	else \
+		echo "The tests need redis-server and PostgreSQL: install the Debian packages redis-server and" \
+			"postgresql (sudo apt-get install redis-server postgresql), or run make test as root." >&2; \
+		exit 1; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

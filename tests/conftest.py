@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from services import PostgresServer, RedisServer, S, ServiceError, started
 
 from eventlog import EventLog
 from metrics import Metrics
@@ -34,3 +36,50 @@ def log(tmp_path: Path) -> Iterator[EventLog]:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
+
+
+# -- real PostgreSQL and Redis (tests/services.py) ------------------------------------------------
+# One server of each per test session, started on first use; each test gets a fresh database of its
+# own. Missing binaries fail the test (CI must not skip these quietly): `make test` installs them.
+
+
+def _start_service(factory: Callable[[], S]) -> S:
+    try:
+        return started(factory)
+    except ServiceError as exc:  # not installed, or would not start: say so, with its log
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = _start_service(PostgresServer)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = _start_service(RedisServer)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database on the session's PostgreSQL, dropped after the test."""
+    if not postgres_server.running:  # an outage test before this one left it stopped
+        postgres_server.start()
+    name = f"t_{secrets.token_hex(6)}"
+    yield postgres_server.create_database(name)
+    if postgres_server.running:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session's Redis, emptied (all of its databases) before the test."""
+    if not redis_server.running:
+        redis_server.start()
+    with redis_server.client() as client:
+        client.flushall()
+    yield redis_server.url
