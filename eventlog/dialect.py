@@ -22,6 +22,10 @@ from psycopg_pool import ConnectionPool
 # connecting gives up after CONNECT_TIMEOUT_S (a database host that vanished must not hang a request).
 READ_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5
+# The pool retries a failed connection with a backoff that doubles (1, 2, 4 ... s) for this long,
+# then gives up until the next read asks again: a short spell, so that reads work again within a
+# second of the database's return rather than after a backoff that grew through a long outage.
+RECONNECT_SPELL_S = 2.0
 
 
 class Session:
@@ -165,8 +169,11 @@ class PostgreSQL(Database):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # check_connection: a connection broken while idle (the server restarted) is replaced before
+        # a reader gets it, instead of failing that read.
         self._pool = ConnectionPool(url, min_size=1, max_size=4, timeout=READ_TIMEOUT_S, open=True,
                                     name="eventlog-readers", check=ConnectionPool.check_connection,
+                                    reconnect_timeout=RECONNECT_SPELL_S,
                                     kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "eventlog"})
 
     @contextmanager

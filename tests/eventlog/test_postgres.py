@@ -1,0 +1,83 @@
+"""The event log shared by several nodes on one PostgreSQL, and its PostgreSQL going away and coming back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from services import PostgresServer, started
+
+from eventlog import EventLog, Unavailable
+from livecall import wait_until
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of the test's own, since the test takes it away."""
+    server = started(PostgresServer)
+    yield server
+    server.close()
+
+
+def test_two_nodes_see_each_others_events_and_calls(postgres_url: str) -> None:
+    a, b = EventLog(postgres_url), EventLog(postgres_url)
+    try:
+        for n in range(3):
+            a.record("injection.created", "call-a", n=n)
+            b.record("injection.created", "call-b", n=n)
+        a.save_call("call-a", "streaming", {"call_control_id": "call-a"}, stream_id="s-a")
+        b.save_call("call-b", "streaming", {"call_control_id": "call-b"}, stream_id="s-b")
+        assert a.flush() and b.flush()
+        for log in (a, b):
+            events, _ = log.events(event="injection")
+            assert sorted((e["call_control_id"], e["data"]["n"]) for e in events) == [
+                ("call-a", 0), ("call-a", 1), ("call-a", 2), ("call-b", 0), ("call-b", 1), ("call-b", 2)]
+            assert log.call("s-a") == {"call_control_id": "call-a"}
+            assert log.call("s-b") == {"call_control_id": "call-b"}
+        # A call that moves to another node keeps its place in the pages.
+        first, _ = a.calls()
+        b.save_call("call-a", "ended", {"call_control_id": "call-a", "status": "ended"})
+        assert b.flush()
+        again, _ = a.calls()
+        assert [c["call_control_id"] for c in again] == [c["call_control_id"] for c in first]
+        assert a.call("call-a") == {"call_control_id": "call-a", "status": "ended"}
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill"])
+def test_an_outage_queues_rows_fails_reads_and_heals_by_itself(own_postgres: PostgresServer, outage: str) -> None:
+    log = EventLog(own_postgres.create_database("log"))
+    try:
+        log.record("webhook.received", "c1", n=0)
+        assert log.flush()
+        getattr(own_postgres, outage)()
+
+        for n in range(1, 6):
+            log.record("webhook.received", "c1", n=n)
+        log.save_call("c1", "streaming", {"call_control_id": "c1"}, stream_id="s1")
+        wait_until(lambda: not log.healthy, what="the failed write")
+        assert log.last_error
+        assert not log.flush()
+        with pytest.raises(Unavailable, match="the event log database is unavailable"):
+            log.events()
+        with pytest.raises(Unavailable):
+            log.call("s1")
+
+        own_postgres.start()
+        wait_until(lambda: log.healthy, timeout=20, what="the writer's reconnection")
+        assert log.flush()
+        events, _ = log.events(call_control_id="c1")
+        assert [e["data"]["n"] for e in events] == [0, 1, 2, 3, 4, 5]
+        assert log.call("s1") == {"call_control_id": "c1"}
+        assert log.dropped == 0
+    finally:
+        log.close()
+
+
+def test_a_start_without_the_database_raises_unavailable(own_postgres: PostgresServer) -> None:
+    url = own_postgres.create_database("log")
+    own_postgres.stop()
+    with pytest.raises(Unavailable, match="the event log database is unavailable"):
+        EventLog(url)
