@@ -70,12 +70,11 @@ class Database(ABC):
     errors: tuple[type[Exception], ...]
     # Column types for the schema's $names.
     types: ClassVar[Mapping[str, str]]
+    # The event-name prefix match: SQLite's LIKE ignores ASCII case, PostgreSQL's ILIKE does too.
+    prefix_like: str
 
     def ddl(self, template: str) -> str:
         return Template(template).substitute(self.types)
-
-    # The event-name prefix match: SQLite's LIKE ignores ASCII case, PostgreSQL's ILIKE does too.
-    prefix_like: str
 
     @abstractmethod
     def session(self) -> AbstractContextManager[Session]:
