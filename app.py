@@ -6,9 +6,13 @@ the event log, the session registry, the Telnyx command runner, then the bluepri
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
 import signal
+import socket as socket_module
+import subprocess
 import sys
 import threading
 from collections.abc import Mapping
@@ -17,10 +21,12 @@ from typing import Any
 from flask import Flask
 
 import apitoken
+import cluster.views
 import errors
+from cluster.node import ClusterNode
 from config import ConfigError, load_config
-from eventlog import EventLog
-from frontdoor import FrontDoor, Limits
+from eventlog import open_log
+from frontdoor import FrontDoor, HttpError, Limits
 from metrics import Metrics
 from mixer.mixer import DuckingConfig
 from runtime import VERSION, Runtime
@@ -33,6 +39,8 @@ from webhooks.commands import CallCommands
 from webhooks.signature import load_public_key
 
 logger = logging.getLogger(__name__)
+# Set in the processes run_workers starts: each serves, none starts more.
+WORKER_ENV = "MIXER_WORKER"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -50,12 +58,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused (401); "
                        "set it, or WEBHOOK_VERIFY=false for local experiments")
 
-    log = EventLog(cfg.DATABASE_PATH)
-    interrupted = log.mark_interrupted()
+    log = open_log(cfg.DATABASE_URL, cfg.DATABASE_PATH)
+    # In scaled mode the other nodes' calls are in the same history: not this process's to mark.
+    interrupted = [] if cfg.scaled else log.mark_interrupted()
     if interrupted:
         logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
                        len(interrupted))
-    metrics = Metrics(version=VERSION)
+    node_id = cfg.NODE_ID or f"{socket_module.gethostname()}-{os.getpid()}"
+    if WORKER_ENV in os.environ:
+        node_id = f"{node_id}-{os.environ[WORKER_ENV]}" if cfg.NODE_ID else node_id
+    metrics = Metrics(version=VERSION, node=node_id if cfg.scaled else None)
     settings = SessionSettings(
         codec=cfg.STREAM_CODEC,
         sample_rate=cfg.STREAM_SAMPLE_RATE,
@@ -67,13 +79,24 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     commands = CallCommands(api_key=cfg.TELNYX_API_KEY, base_url=cfg.TELNYX_BASE_URL,
                             timeout_s=cfg.TELNYX_TIMEOUT_S, max_retries=cfg.TELNYX_MAX_RETRIES,
                             log=log, metrics=metrics)
-    rt = Runtime(config=cfg, log=log, metrics=metrics,
-                 registry=SessionRegistry(settings, log, metrics), commands=commands,
-                 stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=cfg.STREAM_AUTH_SECRET))
+    registry = SessionRegistry(settings, log, metrics)
+    node = None
+    if cfg.scaled:
+        node = ClusterNode(redis_url=cfg.REDIS_URL, secret=cfg.CLUSTER_SECRET, node_id=node_id,
+                           lease_ms=cfg.NODE_LEASE_MS, registry=registry, log=log,
+                           request_timeout_s=cfg.AUDIO_URL_TIMEOUT_S + 5)
+        registry.watcher = node
+    # Every node must accept the socket tokens any other node issued: one secret for all.
+    stream_secret = cfg.STREAM_AUTH_SECRET or (f"stream:{cfg.CLUSTER_SECRET}" if cfg.scaled else "")
+    rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
+                 stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
+                 cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
 
     errors.register(app)
     apitoken.init_app(app, cfg.API_TOKEN)
+    if node is not None:
+        cluster.views.init_app(app, node)
     api.init_app(app)
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
@@ -92,6 +115,11 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     rt.registry.shutdown()
     if door is not None:
         door.stop()
+    peers: FrontDoor | None = app.extensions.get("peer_door")
+    if peers is not None:
+        peers.stop()
+    if rt.cluster is not None:
+        rt.cluster.stop()
     rt.commands.close()  # waits for the commands in flight (their rows)
     rt.log.record("server.stopped", None)
     rt.log.flush()
@@ -110,6 +138,7 @@ def serve(app: Flask, host: str, port: int) -> FrontDoor:
     cfg = rt.config
     clock = rt.registry.clock
     door = FrontDoor(host, port, ws_paths=("/stream",), accept=socket.acceptor(rt), wsgi_app=app,
+                     reuse_port=cfg.WORKERS > 1,
                      http_workers=cfg.SERVER_THREADS, head_timeout_s=cfg.HTTP_HEAD_TIMEOUT_S,
                      body_min_rate=cfg.HTTP_BODY_MIN_RATE, max_body_bytes=cfg.MAX_UPLOAD_BYTES,
                      idle_timeout_s=cfg.WS_IDLE_TIMEOUT_S,
@@ -121,7 +150,43 @@ def serve(app: Flask, host: str, port: int) -> FrontDoor:
     rt.metrics.gauge("http_refused_total", lambda: door.http_refused)
     rt.metrics.gauge("http_timeouts_total", lambda: door.http_timeouts)
     rt.metrics.gauge("websocket_protocol_errors_total", lambda: door.protocol_errors)
-    return door.start()
+    door.start()
+    if rt.cluster is not None:
+        # A second listener for the other nodes: with WORKERS, PORT is shared and reaches any of them.
+        peers = FrontDoor(cfg.CLUSTER_HOST or host, cfg.CLUSTER_PORT, ws_paths=(), accept=_no_sockets,
+                          wsgi_app=app, http_workers=8, head_timeout_s=cfg.HTTP_HEAD_TIMEOUT_S,
+                          body_min_rate=cfg.HTTP_BODY_MIN_RATE, max_body_bytes=cfg.MAX_UPLOAD_BYTES).start()
+        app.extensions["peer_door"] = peers
+        rt.cluster.start(cfg.CLUSTER_ADVERTISE_URL or f"http://{peers.host}:{peers.port}")
+    return door
+
+
+def _no_sockets(request: Any, remote_addr: str) -> Any:
+    raise HttpError(404, "not_found", "No WebSocket here.")
+
+
+def run_workers(count: int) -> int:
+    """WORKERS=N: N processes of this server on one PORT (SO_REUSEPORT: the kernel spreads the
+    connections), each a node of the cluster. SIGTERM and SIGINT are passed on; returns when all
+    have exited, with the first non-zero exit status."""
+    children = [subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, WORKER_ENV: str(i)},
+                                 preexec_fn=_die_with_parent) for i in range(count)]
+
+    def pass_on(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, pass_on)
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)
+
+
+def _die_with_parent() -> None:
+    """In a worker, before it starts: SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def main() -> None:
@@ -129,6 +194,8 @@ def main() -> None:
         cfg = load_config()
         logging.basicConfig(level=cfg.LOG_LEVEL.upper(),
                             format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+        if cfg.WORKERS > 1 and WORKER_ENV not in os.environ:
+            sys.exit(run_workers(cfg.WORKERS))
         app = create_app()
     except ConfigError as exc:
         sys.exit(f"configuration error: {exc}")

@@ -59,6 +59,20 @@ class Config:
     HTTP_HEAD_TIMEOUT_S: float = 10.0
     HTTP_BODY_MIN_RATE: int = 64 * 1024
     LOG_LEVEL: str = "INFO"
+    # Scaled mode (cluster/): every process with the same REDIS_URL and DATABASE_URL is a node.
+    DATABASE_URL: str = ""
+    REDIS_URL: str = ""
+    CLUSTER_SECRET: str = ""
+    NODE_ID: str = ""
+    CLUSTER_HOST: str = ""
+    CLUSTER_PORT: int = 0
+    CLUSTER_ADVERTISE_URL: str = ""
+    NODE_LEASE_MS: int = 5000
+    WORKERS: int = 1
+
+    @property
+    def scaled(self) -> bool:
+        return bool(self.REDIS_URL)
 
     def validate(self) -> Config:
         def need(ok: bool, key: str, why: str) -> None:
@@ -101,6 +115,23 @@ class Config:
         need(len(self.STREAM_AUTH_SECRET) in (0, *range(16, 4097)), "STREAM_AUTH_SECRET",
              "must be 16 to 4096 characters, or empty for one made at start-up")
         need(self.WEBHOOK_TOLERANCE_S > 0, "WEBHOOK_TOLERANCE_S", "must be positive")
+        need(not self.DATABASE_URL or self.DATABASE_URL.startswith(("postgresql://", "postgres://")),
+             "DATABASE_URL", "must be a postgresql:// URL")
+        need(not self.REDIS_URL or self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")),
+             "REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
+        need(not self.REDIS_URL or bool(self.DATABASE_URL), "DATABASE_URL",
+             "must be set with REDIS_URL: the nodes share their event log in PostgreSQL")
+        need(not self.REDIS_URL or 16 <= len(self.CLUSTER_SECRET) <= 4096, "CLUSTER_SECRET",
+             "must be 16 to 4096 characters with REDIS_URL, the same on every node (it signs their requests "
+             "to each other and the media sockets' tokens)")
+        need(0 <= self.CLUSTER_PORT < 65536, "CLUSTER_PORT", "must be a TCP port, or 0 for any free one")
+        need(not self.CLUSTER_ADVERTISE_URL or self.CLUSTER_ADVERTISE_URL.startswith(("http://", "https://")),
+             "CLUSTER_ADVERTISE_URL", "must be an http:// URL other nodes can reach")
+        need(self.NODE_LEASE_MS >= 1000, "NODE_LEASE_MS", "must be at least 1000")
+        need(1 <= self.WORKERS <= 256, "WORKERS", "must be within 1..256")
+        need(self.WORKERS == 1 or bool(self.REDIS_URL), "WORKERS",
+             "more than 1 needs REDIS_URL, DATABASE_URL and CLUSTER_SECRET: the worker processes are nodes "
+             "that share their calls through Redis; set them, or WORKERS=1")
         return self
 
 

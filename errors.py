@@ -8,6 +8,8 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from eventlog import Unavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +58,10 @@ def register(app: Flask) -> None:
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response, status
+
+    @app.errorhandler(Unavailable)
+    def _database_down(exc: Unavailable) -> tuple[Response, int]:
+        return jsonify({"error": {"code": "database_unavailable", "message": str(exc)}}), 503
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -96,7 +96,9 @@ METRICS: dict[str, Declared] = {
 
 
 class Metrics:
-    def __init__(self, prefix: str = "mixer_", *, version: str = "unknown") -> None:
+    def __init__(self, prefix: str = "mixer_", *, version: str = "unknown", node: str | None = None) -> None:
+        # Scaled mode: every sample carries the node it came from (see render).
+        self.node = node
         self.prefix = prefix
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -154,7 +156,9 @@ class Metrics:
         return value if value is not None else 0.0
 
     def render(self) -> str:
-        return generate_latest(self.registry).decode()
+        if self.node is None:
+            return generate_latest(self.registry).decode()
+        return generate_latest(_Labelled(self.registry, {"node": self.node})).decode()
 
     def _child(self, name: str, labels: Mapping[str, str]) -> Counter:
         spec = _declared(name)
@@ -176,6 +180,19 @@ def _declared(name: str) -> Declared:
     if spec is None:
         raise ValueError(f"metric {name!r} is not declared; declare it in METRICS in metrics.py")
     return spec
+
+
+class _Labelled:
+    """A registry's metrics with `labels` added to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self._registry = registry
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [s._replace(labels={**s.labels, **self._labels}) for s in metric.samples]
+            yield metric
 
 
 class _ReadCounters(Collector):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import current_app
 
@@ -19,6 +19,9 @@ from streams.auth import StreamAuth
 from streams.injections import Limits
 from streams.registry import SessionRegistry
 from streams.session import CallSession, Injection
+
+if TYPE_CHECKING:
+    from cluster.node import ClusterNode
 
 VERSION = "0.1.0"
 
@@ -45,6 +48,8 @@ class Runtime:
     registry: SessionRegistry
     commands: CommandSender
     stream_auth: StreamAuth
+    cluster: ClusterNode | None = None  # scaled mode only
+    node_id: str = ""
     started: float = field(default_factory=time.monotonic)
 
     def limits(self, sample_rate: int) -> Limits:

@@ -108,7 +108,7 @@ class FrontDoor:
                  body_min_rate: int = 64 * 1024, max_body_bytes: int = 20 << 20,
                  max_buffered_bodies: int = 256 << 20, idle_timeout_s: float = 10.0,
                  limits: Limits | None = None, send_buffer_bytes: int | None = None,
-                 backlog: int = 1024, timer: Timer | None = None) -> None:
+                 backlog: int = 1024, timer: Timer | None = None, reuse_port: bool = False) -> None:
         self.ws_paths = frozenset(ws_paths)
         # Run on the loop thread; wake() makes the loop ask it again for its next deadline.
         self._timer = timer
@@ -127,7 +127,7 @@ class FrontDoor:
         # keeps a stalled peer's backlog visible to us (buffered_bytes, max_backlog) instead
         # of hidden in the kernel.
         self.send_buffer_bytes = send_buffer_bytes
-        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
         self._listener.setblocking(False)
         self.host = host
         self.port: int = self._listener.getsockname()[1]

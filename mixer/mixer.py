@@ -288,6 +288,13 @@ class Mixer:
                 return track.pos
             return self._finished_played.get(key, 0)
 
+    def unplayed(self, key: str) -> np.ndarray | None:
+        """The samples of `key` if not one of them has been mixed yet (a call moving to another
+        node before its stream starts takes them along); else None."""
+        with self._lock:
+            track = self._tracks.get(key)
+            return track.samples if track is not None and track.pos == 0 and track.stop is None else None
+
     def has_active(self) -> bool:
         with self._lock:
             return bool(self._tracks)

@@ -10,6 +10,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 import apitoken
+from cluster import views as cluster_views
+from cluster.node import ClusterUnavailable
 from errors import ApiError
 from runtime import VERSION
 from runtime import current as runtime
@@ -28,16 +30,24 @@ def init_app(app: Flask) -> None:
 @apitoken.public
 def health() -> tuple[Response, int]:
     rt = runtime()
-    ok = rt.log.healthy
-    body = {
-        "status": "ok" if ok else "degraded",
+    problems = [] if rt.log.healthy else [f"event log cannot write: {rt.log.last_error or 'writer stopped'}"]
+    if rt.cluster is not None and not rt.cluster.healthy:
+        problems.append(f"Redis is unreachable: {rt.cluster.redis_error}")
+    body: dict[str, Any] = {
+        "status": "degraded" if problems else "ok",
         "uptime_seconds": round(time.monotonic() - rt.started, 3),
         "active_sessions": len(rt.registry.sessions()),
         "version": VERSION,
     }
-    if not ok:
-        body["reason"] = f"event log cannot write: {rt.log.last_error or 'writer stopped'}"
-    return jsonify(body), 200 if ok else 503
+    if rt.cluster is not None:
+        body["node"] = rt.node_id
+        try:
+            body["nodes"] = sorted(rt.cluster.nodes())
+        except ClusterUnavailable:
+            body["nodes"] = None
+    if problems:
+        body["reason"] = "; ".join(problems)
+    return jsonify(body), 503 if problems else 200
 
 
 @bp.get("/streams")
@@ -46,10 +56,11 @@ def list_streams() -> Response:
     one status such as ended), oldest first, live ones as they are now."""
     query = schemas.parse(schemas.StreamsQuery, request.args.to_dict())
     rt = runtime()
-    live = {s.call_control_id: s.view() for s in rt.registry.sessions()}
+    live = {s.call_control_id: _view(s) for s in rt.registry.sessions() if s.live}
+    if rt.cluster is not None and cluster_views.peer() is None:
+        live.update((view["call_control_id"], view) for view in rt.cluster.live_views())  # every node's
     if query.status == "active":
-        return jsonify({"items": [v for s in rt.registry.sessions() if s.live
-                                  for v in [live[s.call_control_id]]], "next_cursor": None})
+        return jsonify({"items": list(live.values()), "next_cursor": None})
     rt.log.flush()  # every session is logged when it is created: the history holds them all
     logged, next_id = rt.log.calls(status=None if query.status == "all" else query.status,
                                    after=query.cursor, limit=query.limit)
@@ -61,7 +72,7 @@ def list_streams() -> Response:
 def get_stream(key: str) -> Response:
     session = runtime().registry.get(key)
     if session is not None:
-        return jsonify(session.view())
+        return jsonify(_view(session))
     return jsonify(_history(key))
 
 
@@ -170,6 +181,15 @@ def openapi() -> Response:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _view(session: CallSession) -> dict[str, Any]:
+    """The call as the API shows it; in scaled mode with the node that plays it."""
+    view = session.view()
+    rt = runtime()
+    if rt.cluster is not None:
+        view["node"] = rt.node_id
+    return view
 
 
 def _request_fields(json_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from typing import Protocol
 
 from eventlog import EventLog
 from metrics import Metrics
@@ -17,9 +18,18 @@ logger = logging.getLogger(__name__)
 RECENTLY_ENDED = 10_000
 
 
+class Watcher(Protocol):
+    """Told when a call's stream arrives here and when a call ends (cluster.node in scaled mode)."""
+
+    def stream_attached(self, session: CallSession, stream_id: str) -> None: ...
+
+    def call_closed(self, call_control_id: str) -> None: ...
+
+
 class SessionRegistry:
     def __init__(self, settings: SessionSettings, log: EventLog, metrics: Metrics) -> None:
         self.settings = settings
+        self.watcher: Watcher | None = None
         self._log = log
         self._metrics = metrics
         # Guards both maps; never held while calling into a session.
@@ -66,9 +76,12 @@ class SessionRegistry:
         return self._log.call(call_control_id) is not None
 
     def index_stream(self, session: CallSession, stream_id: str) -> None:
+        """The call's media socket sent `start` here (the loop thread: the watcher must not block)."""
         with self._lock:
             self._by_stream[stream_id] = session
             session.stream_ids.add(stream_id)
+        if self.watcher is not None:
+            self.watcher.stream_attached(session, stream_id)
 
     def close(self, session: CallSession, status: CallStatus, reason: str) -> None:
         """End a session and forget it; its history stays in the event log."""
@@ -79,6 +92,16 @@ class SessionRegistry:
                 self._ended.popitem(last=False)
             self._by_call.pop(session.call_control_id, None)
             for stream_id in session.stream_ids:  # every stream the call had, reconnects included
+                self._by_stream.pop(stream_id, None)
+        if self.watcher is not None:
+            self.watcher.call_closed(session.call_control_id)
+
+    def forget(self, session: CallSession) -> None:
+        """The call moved to another node: drop it here without ending it."""
+        session.moved()
+        with self._lock:
+            self._by_call.pop(session.call_control_id, None)
+            for stream_id in session.stream_ids:
                 self._by_stream.pop(stream_id, None)
 
     def sessions(self) -> list[CallSession]:

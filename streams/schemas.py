@@ -328,6 +328,9 @@ class Health(Answer):
     active_sessions: int
     version: str
     reason: str | None = Field(None, description="Why the server is degraded.")
+    node: str | None = Field(None, description="Scaled mode: this node's id.")
+    nodes: list[str] | None = Field(None, description="Scaled mode: the nodes alive (null while Redis is "
+                                    "unreachable).")
 
 
 class UrlSource(Answer):
@@ -417,6 +420,7 @@ class Stream(Answer):
     caller_speaking: bool
     frames: Frames
     injections: list[Injection]
+    node: str | None = Field(None, description="Scaled mode: the node that plays the call.")
 
 
 class StreamPage(Answer):

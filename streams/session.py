@@ -9,6 +9,8 @@ The clock never touches the database or Flask: it only puts events on the event 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -105,6 +107,7 @@ class CallSession:
         # Counted by the clock and the socket reader respectively; read for views only.
         self.frames_sent = 0
         self.frames_received = 0
+        self._moved = False  # handed to another node (moved())
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -145,6 +148,12 @@ class CallSession:
             conn.close(CloseCode.NORMAL, reason)
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
+
+    def moved(self) -> None:
+        """The call now lives on another node (cluster/): this copy takes nothing more."""
+        with self._lock:
+            self._moved = True
+        self._clock.remove(self)
 
     # -- media socket (the socket's handler thread) -------------------------------------------
 
@@ -242,7 +251,7 @@ class CallSession:
         Raises CallNotActive or TooManyInjections, checked atomically with adding it.
         """
         with self._lock:
-            if not self.live:
+            if not self.live or self._moved:
                 raise CallNotActive(self.call_control_id, self.status)
             if sum(1 for other in self.injections.values() if other.active) >= max_active:
                 raise TooManyInjections(max_active)
@@ -432,6 +441,46 @@ class CallSession:
             "frames": {"sent": self.frames_sent, "received": self.frames_received},
             "injections": [self.injection_view(inj) for inj in injections],
         }
+
+    # -- moving to another node (cluster/) ---------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """The call as another node needs it to carry on before its stream starts: info and
+        injections, with the audio of those not yet played (float32, base64)."""
+        with self._lock:
+            injections = list(self.injections.values())
+            state: dict[str, Any] = {"status": self.status, "info": dict(self.info), "created_at": self.created_at}
+        items = []
+        for inj in injections:
+            item = dataclasses.asdict(inj)
+            samples = self.mixer.unplayed(inj.id) if inj.status == InjectionStatus.CREATED else None
+            item["samples"] = base64.b64encode(samples.tobytes()).decode() if samples is not None else None
+            items.append(item)
+        state["injections"] = items
+        return state
+
+    def absorb(self, state: dict[str, Any]) -> None:
+        """Take over what the call's previous node had (see export); what is here already stays."""
+        with self._lock:
+            for key, value in state.get("info", {}).items():
+                if value and not self.info.get(key):
+                    self.info[key] = value
+            self.created_at = min(self.created_at, str(state.get("created_at") or self.created_at))
+        for item in state.get("injections", []):
+            encoded = item.pop("samples", None)
+            inj = Injection(**item)
+            inj.status = InjectionStatus(inj.status)
+            samples = np.frombuffer(base64.b64decode(encoded), dtype=np.float32) if encoded else None
+            with self._lock:
+                if inj.id in self.injections:
+                    continue
+                self.injections[inj.id] = inj
+                if samples is not None:
+                    self._not_started.append(inj)
+            if samples is not None:
+                self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop, fade_in_ms=inj.fade_in_ms,
+                               fade_out_ms=inj.fade_out_ms, duck=inj.duck)
+        self.save()
 
     def save(self) -> None:
         self._log.save_call(self.call_control_id, self.status, self.view(), stream_id=self.stream_id)

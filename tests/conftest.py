@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from services import PostgresServer, RedisServer, S, ServiceError, started
 
 from eventlog import EventLog
 from metrics import Metrics
+from services import PostgresServer, RedisServer, S, ServiceError, started
 
 
 @pytest.hookimpl(tryfirst=True)

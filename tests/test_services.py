@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import redis
+
 from services import PostgresServer, RedisServer, started
 
 

@@ -16,6 +16,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from nacl.signing import VerifyKey
 
 import apitoken
+from cluster import views as cluster_views
+from cluster.node import ENDED, ClusterNode
 from errors import ApiError
 from runtime import Runtime
 from runtime import current as runtime
@@ -63,8 +65,10 @@ def init_app(app: Flask) -> None:
 @apitoken.public
 def voice_webhook() -> tuple[Response, int]:
     rt = runtime()
-    body = request.get_data(cache=False)
-    if rt.config.WEBHOOK_VERIFY:
+    body = request.get_data(cache=True)  # kept: a webhook of another node's call is relayed to it
+    # Relayed by another node of the cluster, which verified and deduplicated it (cluster/).
+    relayed_by = cluster_views.peer() if rt.cluster is not None else None
+    if rt.config.WEBHOOK_VERIFY and relayed_by is None:
         key: VerifyKey | None = current_app.extensions.get("telnyx_public_key")
         try:
             if key is None:
@@ -90,18 +94,32 @@ def voice_webhook() -> tuple[Response, int]:
         rt.metrics.inc("webhooks_total", outcome="invalid")
         rt.log.record("webhook.rejected", None, reason=str(exc))
         raise ApiError(422, "invalid_webhook", str(exc)) from None
-    dedupe: Deduper = current_app.extensions["webhook_dedupe"]
-    if not dedupe.first_time(event.id):
+    dedupe: Deduper | ClusterNode = rt.cluster or current_app.extensions["webhook_dedupe"]
+    if relayed_by is None and not dedupe.first_time(event.id):
         rt.metrics.inc("webhooks_total", outcome="duplicate")
         rt.log.record("webhook.duplicate", event.call_control_id, event_type=event.event_type,
                       webhook_id=event.id, attempt=event.attempt)
         return jsonify({"status": "duplicate"}), 200
-    rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
-                  webhook_id=event.id, attempt=event.attempt, occurred_at=event.occurred_at)
     try:
+        if rt.cluster is not None and relayed_by is None and event.call_control_id:
+            owner = rt.cluster.webhook_target(event.call_control_id)
+            if owner == ENDED:
+                rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
+                              webhook_id=event.id, attempt=event.attempt, ignored="call ended")
+                rt.metrics.inc("webhooks_total", outcome="ignored")
+                return jsonify({"status": "ignored"}), 200
+            if owner is not None:  # the call lives on another node: it handles the event
+                rt.log.record("webhook.forwarded", event.call_control_id, event_type=event.event_type,
+                              webhook_id=event.id, to=owner)
+                answer = cluster_views.forward_here(rt.cluster, owner)
+                return answer, answer.status_code
+        rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
+                      webhook_id=event.id, attempt=event.attempt, occurred_at=event.occurred_at,
+                      **({"relayed_by": relayed_by} if relayed_by else {}))
         handled = CallFlow(rt, stream_url(rt)).handle(event)
     except Exception:
-        dedupe.forget(event.id)  # answered 500: Telnyx retries, and the retry gets handled
+        if relayed_by is None:
+            dedupe.forget(event.id)  # answered 500/503: Telnyx retries, and the retry gets handled
         raise
     rt.metrics.inc("webhooks_total", outcome="handled" if handled else "ignored")
     return jsonify({"status": "ok" if handled else "ignored"}), 200

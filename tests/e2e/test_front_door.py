@@ -38,9 +38,9 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e.test_serve import AppProcess, _healthy
 from wsframes import frame
 
+from appprocess import AppProcess, healthy
 from config import Config
 from livecall import API_KEY, wait_until
 from simulator import FakeTelnyx, SimCall
@@ -61,7 +61,7 @@ def start_app(telnyx: FakeTelnyx, tmp_path: Path, **env: str) -> AppProcess:
     """`python app.py` with `env` on top of AppProcess's settings, once /health answers."""
     app = AppProcess(telnyx, tmp_path, env=env)
     try:
-        wait_until(lambda: _healthy(app.url) or app.proc.poll() is not None, timeout=30, what="server start")
+        wait_until(lambda: healthy(app.url) or app.proc.poll() is not None, timeout=30, what="server start")
         assert app.proc.poll() is None, app.log()
     except BaseException:
         app.close()

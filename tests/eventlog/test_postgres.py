@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from services import PostgresServer, started
 
 from eventlog import EventLog, Unavailable
 from livecall import wait_until
+from services import PostgresServer, started
 
 
 @pytest.fixture

@@ -1,0 +1,279 @@
+"""This process as a node: its lease, where each request for a call belongs, and calls moving in.
+
+Threads: `cluster-heartbeat` renews the lease every lease/5 and notices Redis going and coming
+back; `cluster-worker` runs what the media socket must not wait for (taking a call over when its
+socket arrives, marking a call ended). Request threads ask the directory directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import redis
+
+from cluster.directory import Directory
+from cluster.signing import HEADER, Signer
+from eventlog import EventLog, utc_now
+from streams.registry import SessionRegistry
+from streams.session import CallSession
+from streams.status import CallStatus
+
+logger = logging.getLogger(__name__)
+
+# Headers a proxy must not pass on (RFC 9110 §7.6.1), and ours, which the forwarder sets itself.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                         "transfer-encoding", "upgrade", "host", "content-length", HEADER.lower()})
+ENDED = "ended"
+
+
+class ClusterUnavailable(Exception):
+    """The request needs another node or Redis, and cannot reach it: 503 cluster_unavailable."""
+
+
+class Forwarded:
+    """Another node's answer, passed on as it is."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class ClusterNode:
+    def __init__(self, *, redis_url: str, secret: str, node_id: str, lease_ms: int,
+                 registry: SessionRegistry, log: EventLog, request_timeout_s: float) -> None:
+        self.node_id = node_id
+        self.url = ""  # advertised at start()
+        self.lease_ms = lease_ms
+        self.registry = registry
+        self.log = log
+        # Short timeouts: a request thread asking Redis must fail fast when it is gone.
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.directory = Directory(self.redis, node_id, lease_ms=lease_ms)
+        self.signer = Signer(secret, node_id)
+        self.http = httpx.Client(timeout=request_timeout_s, trust_env=False, follow_redirects=False)
+        self.redis_error: str | None = None  # set while Redis is unreachable (heartbeat thread)
+        self.started_at = utc_now()
+        self._stop = threading.Event()
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # Calls whose socket arrived while Redis was away: taken over once it is back.
+        self._unadopted: dict[str, CallSession] = {}
+        self._threads: list[threading.Thread] = []
+        self._gather = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cluster-gather")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, url: str) -> None:
+        self.url = url
+        self._beat()
+        for name, target in (("cluster-heartbeat", self._heartbeat_loop), ("cluster-worker", self._work_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.log.record("node.started", None, node=self.node_id, url=url)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._work.put(None)
+        for thread in self._threads:
+            thread.join(5)
+        with contextlib.suppress(redis.RedisError):
+            self.directory.leave()
+        self._gather.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
+        self.redis.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.redis_error is None
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        try:
+            return self.directory.nodes()
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from None
+
+    # -- where a request belongs (request threads) ----------------------------------------------
+
+    def owner_url(self, key: str) -> str | None:
+        """The URL of the node that owns the call `key`, or None when this node answers for it."""
+        if self.registry.get(key) is not None:
+            return None
+        try:
+            owner = self.directory.owner(key)
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis is unreachable, so the node of call {key} is unknown: {exc}") from None
+        if owner is None or owner.ended or owner.node == self.node_id:
+            return None  # this node's history answers (404, or the call as it ended)
+        if owner.url is None:
+            raise ClusterUnavailable(f"The node that held call {owner.call_control_id} is gone.")
+        return owner.url
+
+    def webhook_target(self, call_control_id: str) -> str | None:
+        """Where a webhook of this call is handled: None here, ENDED nowhere, else a node's URL.
+
+        The first node to need a call claims it; a later one forwards to it.
+        """
+        if self.registry.get(call_control_id) is not None:
+            return None
+        try:
+            claim = self.directory.claim(call_control_id)
+            if claim.outcome == "ended":
+                return ENDED
+            if claim.outcome != "other":
+                return None
+            info = self.directory.node(claim.node)
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from None
+        if info is None:  # its lease ran out between the two questions
+            raise ClusterUnavailable(f"The node that holds call {call_control_id} is gone.")
+        return str(info["url"])
+
+    def first_time(self, webhook_id: str) -> bool:
+        try:
+            return self.directory.first_time(webhook_id)
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from None
+
+    def forget(self, webhook_id: str) -> None:
+        try:
+            self.directory.forget(webhook_id)
+        except redis.RedisError:
+            logger.warning("webhook %s: could not forget it in Redis; Telnyx's retry will be a duplicate",
+                           webhook_id)
+
+    # -- talking to other nodes (request threads) ------------------------------------------------
+
+    def forward(self, base_url: str, method: str, path: str, query: str, headers: Iterable[tuple[str, str]],
+                body: bytes) -> Forwarded:
+        """Ask the node at `base_url` to serve this request itself; its answer, as it gave it."""
+        target = urllib.parse.quote(path) + (f"?{query}" if query else "")
+        received = list(headers)
+        sent = {k: v for k, v in received if k.lower() not in _HOP_BY_HOP}
+        # The node that serves it must see the address the client used (the stream URL is built
+        # from it), not the peer listener's.
+        host = next((v for k, v in received if k.lower() == "host"), None)
+        if host and not any(k.lower() == "x-forwarded-host" for k in sent):
+            sent["X-Forwarded-Host"] = host
+        sent[HEADER] = self.signer.sign(method, target, body)
+        try:
+            response = self.http.request(method, base_url + target, headers=sent, content=body)
+        except httpx.HTTPError as exc:
+            raise ClusterUnavailable(f"The node at {base_url} did not answer: {exc}") from None
+        return Forwarded(response.status_code, response.content,
+                         response.headers.get("content-type", "application/json"))
+
+    def live_views(self) -> list[dict[str, Any]]:
+        """The live calls of every other node, each marked with its node."""
+        others = [(nid, info["url"]) for nid, info in self.nodes().items() if nid != self.node_id]
+
+        def ask(node_id: str, url: str) -> list[dict[str, Any]]:
+            answer = self.forward(url, "GET", "/streams", "status=active", (), b"")
+            if answer.status != 200:
+                raise ClusterUnavailable(f"Node {node_id} answered {answer.status} for its calls.")
+            items: list[dict[str, Any]] = httpx.Response(200, content=answer.body).json()["items"]
+            for item in items:
+                item["node"] = node_id
+            return items
+
+        views: list[dict[str, Any]] = []
+        for items in self._gather.map(lambda pair: ask(*pair), others):
+            views += items
+        return views
+
+    # -- calls moving (cluster-worker; the handoff view) ----------------------------------------
+
+    def stream_attached(self, session: CallSession, stream_id: str) -> None:
+        """The call's media socket is on this node (the loop thread): own the call, off the loop."""
+        self._work.put(lambda: self._adopt(session, stream_id))
+
+    def call_closed(self, call_control_id: str) -> None:
+        self._work.put(lambda: self._mark_ended(call_control_id))
+
+    def release(self, call_control_id: str, to: str) -> dict[str, Any]:
+        """Node `to` has the call's socket: give it the call (status, info, injections)."""
+        session = self.registry.get(call_control_id)
+        if session is None:
+            return {}
+        state = session.export()
+        self.registry.forget(session)
+        self.log.record("call.moved", call_control_id, node=self.node_id, to=to)
+        return state
+
+    def _adopt(self, session: CallSession, stream_id: str) -> None:
+        ccid = session.call_control_id
+        try:
+            self.directory.index_stream(stream_id, ccid)
+            claim = self.directory.claim(ccid, take=True)
+            previous = self.directory.node(claim.node) if claim.outcome == "took" else None
+        except redis.RedisError as exc:
+            logger.warning("[%s] cannot own the call in Redis yet (%s); retrying when it is back", ccid, exc)
+            self._unadopted[ccid] = session
+            return
+        self._unadopted.pop(ccid, None)
+        if claim.outcome == "ended":
+            self.registry.close(session, CallStatus.ENDED, "ended on another node")
+            return
+        self.log.record("call.owned", ccid, node=self.node_id, fence=claim.fence,
+                        previous=claim.node if claim.outcome == "took" else None)
+        if previous is None:
+            return
+        target = f"/cluster/calls/{ccid}/handoff"  # forward() quotes it
+        try:
+            answer = self.forward(str(previous["url"]), "POST", target, "", (), b"")
+            state = httpx.Response(200, content=answer.body).json() if answer.status == 200 else {}
+        except (ClusterUnavailable, ValueError) as exc:
+            logger.error("[%s] node %s did not hand the call over: %s", ccid, claim.node, exc)
+            return
+        if state:
+            session.absorb(state)
+
+    def _mark_ended(self, call_control_id: str) -> None:
+        try:
+            self.directory.ended(call_control_id)
+        except redis.RedisError as exc:
+            logger.warning("[%s] could not mark the call ended in Redis: %s", call_control_id, exc)
+
+    def _work_loop(self) -> None:
+        while (task := self._work.get()) is not None:
+            try:
+                task()
+            except Exception:
+                logger.exception("cluster task failed")
+
+    def _beat(self) -> None:
+        try:
+            self.directory.heartbeat({"url": self.url, "started_at": self.started_at})
+            if self.redis_error is not None:
+                # Back: Redis may have lost everything; this node's calls are its own again.
+                self.directory.reassert([s.call_control_id for s in self.registry.sessions()])
+                logger.warning("Redis is reachable again (was: %s)", self.redis_error)
+                self.log.record("node.redis_recovered", None, node=self.node_id)
+                self.redis_error = None
+                for ccid, session in list(self._unadopted.items()):
+                    stream_id = session.stream_id
+                    if stream_id is not None:
+                        self.stream_attached(session, stream_id)
+                    self._unadopted.pop(ccid, None)
+        except redis.RedisError as exc:
+            if self.redis_error is None:
+                logger.error("Redis is unreachable: %s; calls here keep playing", exc)
+                self.log.record("node.redis_lost", None, node=self.node_id, error=str(exc))
+            self.redis_error = str(exc) or type(exc).__name__
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.lease_ms / 5000
+        while not self._stop.wait(interval):
+            started = time.monotonic()
+            self._beat()
+            if time.monotonic() - started > interval:
+                logger.warning("cluster heartbeat took %.1f s", time.monotonic() - started)
