@@ -94,9 +94,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["mixer_runtime"] = rt
 
     errors.register(app)
-    apitoken.init_app(app, cfg.API_TOKEN)
-    if node is not None:
+    if node is not None:  # a node's signed request is recognised before the token check...
         cluster.views.init_app(app, node)
+    apitoken.init_app(app, cfg.API_TOKEN)
+    if node is not None:  # ...and a client's is relayed to another node only after it
+        cluster.views.init_relay(app, node)
     api.init_app(app)
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,

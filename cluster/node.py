@@ -204,6 +204,7 @@ class ClusterNode:
         session = self.registry.get(call_control_id)
         if session is None:
             return {}
+        session.moved()  # first: an injection arriving now is refused, not exported half-way
         state = session.export()
         self.registry.forget(session)
         self.log.record("call.moved", call_control_id, node=self.node_id, to=to)

@@ -20,13 +20,20 @@ CALL_ROUTES = frozenset({"streams.get_stream", "streams.inject", "streams.get_in
 
 
 def init_app(app: Flask, node: ClusterNode) -> None:
+    """Call before apitoken.init_app: a node's signed request is checked first, and needs no token
+    (the node that relayed it checked the client's)."""
     app.extensions["cluster_node"] = node
-    app.before_request(lambda: _route(node))
+    app.before_request(lambda: _check_peer(node))
     app.register_blueprint(bp)
 
     @app.errorhandler(ClusterUnavailable)
     def _unavailable(exc: ClusterUnavailable) -> tuple[Response, int]:
         return jsonify(unavailable(exc).body()), 503
+
+
+def init_relay(app: Flask, node: ClusterNode) -> None:
+    """Call after apitoken.init_app: only a request that passed the token check is relayed."""
+    app.before_request(lambda: _relay(node))
 
 
 def unavailable(exc: ClusterUnavailable) -> ApiError:
@@ -49,16 +56,19 @@ def forward_here(node: ClusterNode, base_url: str) -> Response:
     return relay(answer)
 
 
-def _route(node: ClusterNode) -> Response | None:
+def _check_peer(node: ClusterNode) -> None:
     header = request.headers.get(HEADER)
-    if header is not None:
-        try:
-            g.cluster_peer = node.signer.verify(header, request.method, _signed_target(),
-                                                request.get_data(cache=True))
-        except ClusterSignatureError as exc:
-            raise ApiError(403, "invalid_cluster_signature", f"Refused: {exc}.") from None
-        return None  # a node sent it here to be served here
-    if request.endpoint in CALL_ROUTES and request.view_args:
+    if header is None:
+        return
+    try:
+        g.cluster_peer = node.signer.verify(header, request.method, _signed_target(), request.get_data(cache=True))
+    except ClusterSignatureError as exc:
+        raise ApiError(403, "invalid_cluster_signature", f"Refused: {exc}.") from None
+
+
+def _relay(node: ClusterNode) -> Response | None:
+    """A request about another node's call goes to that node (a relayed one is served here)."""
+    if peer() is None and request.endpoint in CALL_ROUTES and request.view_args:
         url = node.owner_url(str(request.view_args["key"]))
         if url is not None:
             return forward_here(node, url)

@@ -30,13 +30,13 @@ SECRET = "s3cret-of-the-test-cluster"
 
 class Cluster:
     def __init__(self, telnyx: FakeTelnyx, tmp_path: Path, redis_url: str, postgres_url: str,
-                 names: tuple[str, ...] = ("a", "b", "c")) -> None:
+                 names: tuple[str, ...] = ("a", "b", "c"), **settings: str) -> None:
         socket_port = free_port()
         self.nodes: dict[str, AppProcess] = {}
         for i, name in enumerate(names):
             (tmp_path / name).mkdir()
             env = {"REDIS_URL": redis_url, "DATABASE_URL": postgres_url, "CLUSTER_SECRET": SECRET,
-                   "NODE_ID": name, "STREAM_WEBSOCKET_URL": f"ws://127.0.0.1:{socket_port}/stream"}
+                   "NODE_ID": name, "STREAM_WEBSOCKET_URL": f"ws://127.0.0.1:{socket_port}/stream", **settings}
             if i == 1:  # node b takes every media socket
                 env["PORT"] = str(socket_port)
             self.nodes[name] = AppProcess(telnyx, tmp_path / name, env=env)
@@ -293,5 +293,26 @@ def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, tmp_p
         events = httpx.get(f"{a}/stream-log", params={"call_control_id": ccid, "event": "injection.created",
                                                       "limit": 100}).json()["items"]
         assert marked.json()["id"] in [e["data"]["injection_id"] for e in events]
+    finally:
+        nodes.close()
+
+
+def test_with_an_api_token_only_a_client_that_has_it_is_relayed(telnyx, tmp_path, redis_url, postgres_url):
+    nodes = Cluster(telnyx, tmp_path, redis_url, postgres_url, names=("a", "b"), API_TOKEN="t0ken")
+    a = nodes.url("a")
+    try:
+        call = telnyx.place_call()
+        call.wait_streaming(timeout=15)
+        auth = {"Authorization": "Bearer t0ken"}
+        wait_until(lambda: httpx.get(f"{a}/streams/{call.call_control_id}", headers=auth).json().get("node") == "b",
+                   what="owned by b")
+        refused = httpx.post(f"{a}/streams/{call.call_control_id}/inject", json={"dtmf": "1"})
+        assert refused.status_code == 401
+        assert [e["event"] for e in httpx.get(f"{a}/stream-log", headers=auth,
+                                              params={"event": "injection"}).json()["items"]] == []
+        items = httpx.get(f"{a}/streams", headers=auth).json()["items"]
+        assert [(i["call_control_id"], i["node"]) for i in items] == [(call.call_control_id, "b")]
+        assert httpx.post(f"{a}/streams/{call.call_control_id}/inject", json={"dtmf": "1"},
+                          headers=auth).status_code == 201
     finally:
         nodes.close()
