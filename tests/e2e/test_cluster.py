@@ -22,7 +22,7 @@ import pytest
 from appprocess import ROOT, AppProcess, free_port
 from audio_checks import dominant_hz, sine_peak_dbfs
 from livecall import wait_until
-from simulator import FakeTelnyx
+from simulator import FakeTelnyx, SimCall
 from simulator.webhooks import WebhookEvent
 
 SECRET = "s3cret-of-the-test-cluster"
@@ -220,11 +220,15 @@ def test_workers_without_redis_stop_start_up_saying_what_to_set(tmp_path):
     assert "WORKERS" in done.stderr and "REDIS_URL" in done.stderr
 
 
-def _two_nodes(telnyx: FakeTelnyx, tmp_path: Path, redis_url: str, postgres_url: str) -> Cluster:
-    return Cluster(telnyx, tmp_path, redis_url, postgres_url, names=("a", "b"))
+@pytest.fixture
+def pair(telnyx: FakeTelnyx, tmp_path: Path, redis_url: str, postgres_url: str) -> Iterator[Cluster]:
+    """Nodes a (webhooks) and b (sockets)."""
+    nodes = Cluster(telnyx, tmp_path, redis_url, postgres_url, names=("a", "b"))
+    yield nodes
+    nodes.close()
 
 
-def _playing(telnyx: FakeTelnyx, nodes: Cluster) -> str:
+def _playing(telnyx: FakeTelnyx, nodes: Cluster) -> SimCall:
     call = telnyx.place_call()
     call.wait_streaming(timeout=15)
     ccid = call.call_control_id
@@ -233,68 +237,58 @@ def _playing(telnyx: FakeTelnyx, nodes: Cluster) -> str:
                         json={"tone": {"frequency_hz": 500, "duration_ms": 300}, "loop": True})
     assert answer.status_code == 201, answer.text
     wait_until(lambda: len(call.heard_pcm()) > 4000, what="the tone")
-    return ccid
+    return call
 
 
-def _keeps_playing(call, seconds: float = 2.0) -> None:
+def _keeps_playing(call: SimCall, seconds: float = 2.0) -> None:
     before = len(call.heard_pcm())
     wait_until(lambda: len(call.heard_pcm()) - before >= seconds * 8000 * 0.9, timeout=seconds * 3,
                what="audio while a server is down")
     assert abs(dominant_hz(call.heard_pcm()[-1600:], 8000) - 500) < 20
 
 
-def test_redis_down_calls_keep_playing_local_requests_served_and_it_heals(telnyx, tmp_path, redis_server,
-                                                                           redis_url, postgres_url):
-    nodes = _two_nodes(telnyx, tmp_path, redis_url, postgres_url)
-    a, b = nodes.url("a"), nodes.url("b")
+def test_redis_down_calls_keep_playing_local_requests_served_and_it_heals(telnyx, redis_server, pair):
+    a, b = pair.url("a"), pair.url("b")
+    call = _playing(telnyx, pair)
+    ccid = call.call_control_id
+    redis_server.kill()
     try:
-        ccid = _playing(telnyx, nodes)
-        call = telnyx.call(ccid)
-        redis_server.kill()
-        try:
-            wait_until(lambda: httpx.get(f"{b}/health").status_code == 503, what="b degraded")
-            assert "Redis" in httpx.get(f"{b}/health").json()["reason"]
-            _keeps_playing(call)
-            local = httpx.get(f"{b}/streams/{ccid}")
-            assert local.status_code == 200 and local.json()["status"] == "streaming"
-            assert httpx.post(f"{b}/streams/{ccid}/inject", json={"dtmf": "5"}).status_code == 201
-            remote = httpx.get(f"{a}/streams/{ccid}")
-            assert remote.status_code == 503 and remote.json()["error"]["code"] == "cluster_unavailable"
-        finally:
-            redis_server.start()
-        # Redis came back empty: b claims its call again, and a finds it there.
-        wait_until(lambda: _up(a) and _up(b), what="both healthy again")
-        wait_until(lambda: httpx.get(f"{a}/streams/{ccid}").status_code == 200, what="a relays again")
-        assert httpx.get(f"{a}/streams/{ccid}").json()["node"] == "b"
+        wait_until(lambda: httpx.get(f"{b}/health").status_code == 503, what="b degraded")
+        assert "Redis" in httpx.get(f"{b}/health").json()["reason"]
         _keeps_playing(call)
+        local = httpx.get(f"{b}/streams/{ccid}")
+        assert local.status_code == 200 and local.json()["status"] == "streaming"
+        assert httpx.post(f"{b}/streams/{ccid}/inject", json={"dtmf": "5"}).status_code == 201
+        remote = httpx.get(f"{a}/streams/{ccid}")
+        assert remote.status_code == 503 and remote.json()["error"]["code"] == "cluster_unavailable"
     finally:
-        nodes.close()
+        redis_server.start()
+    # Redis came back empty: b claims its call again, and a finds it there.
+    wait_until(lambda: _up(a) and _up(b), what="both healthy again")
+    wait_until(lambda: httpx.get(f"{a}/streams/{ccid}").status_code == 200, what="a relays again")
+    assert httpx.get(f"{a}/streams/{ccid}").json()["node"] == "b"
+    _keeps_playing(call)
 
 
-def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, tmp_path, postgres_server,
-                                                                   redis_url, postgres_url):
-    nodes = _two_nodes(telnyx, tmp_path, redis_url, postgres_url)
-    a, b = nodes.url("a"), nodes.url("b")
+def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, postgres_server, pair):
+    a, b = pair.url("a"), pair.url("b")
+    call = _playing(telnyx, pair)
+    ccid = call.call_control_id
+    postgres_server.stop()
     try:
-        ccid = _playing(telnyx, nodes)
-        call = telnyx.call(ccid)
-        postgres_server.stop()
-        try:
-            marked = httpx.post(f"{a}/streams/{ccid}/inject", json={"dtmf": "7", "label": "while-pg-down"})
-            assert marked.status_code == 201, marked.text
-            wait_until(lambda: httpx.get(f"{b}/health").status_code == 503, what="b degraded")
-            assert "event log" in httpx.get(f"{b}/health").json()["reason"]
-            _keeps_playing(call)
-            down = httpx.get(f"{a}/stream-log")
-            assert down.status_code == 503 and down.json()["error"]["code"] == "database_unavailable"
-        finally:
-            postgres_server.start()
-        wait_until(lambda: _up(a) and _up(b), timeout=30, what="both healthy again")
-        events = httpx.get(f"{a}/stream-log", params={"call_control_id": ccid, "event": "injection.created",
-                                                      "limit": 100}).json()["items"]
-        assert marked.json()["id"] in [e["data"]["injection_id"] for e in events]
+        marked = httpx.post(f"{a}/streams/{ccid}/inject", json={"dtmf": "7", "label": "while-pg-down"})
+        assert marked.status_code == 201, marked.text
+        wait_until(lambda: httpx.get(f"{b}/health").status_code == 503, what="b degraded")
+        assert "event log" in httpx.get(f"{b}/health").json()["reason"]
+        _keeps_playing(call)
+        down = httpx.get(f"{a}/stream-log")
+        assert down.status_code == 503 and down.json()["error"]["code"] == "database_unavailable"
     finally:
-        nodes.close()
+        postgres_server.start()
+    wait_until(lambda: _up(a) and _up(b), timeout=30, what="both healthy again")
+    events = httpx.get(f"{a}/stream-log", params={"call_control_id": ccid, "event": "injection.created",
+                                                  "limit": 100}).json()["items"]
+    assert marked.json()["id"] in [e["data"]["injection_id"] for e in events]
 
 
 def test_with_an_api_token_only_a_client_that_has_it_is_relayed(telnyx, tmp_path, redis_url, postgres_url):
