@@ -23,6 +23,7 @@ from appprocess import ROOT, AppProcess, free_port
 from audio_checks import dominant_hz, sine_peak_dbfs
 from livecall import wait_until
 from simulator import FakeTelnyx, SimCall
+from simulator.balancer import Balancer
 from simulator.webhooks import WebhookEvent
 
 SECRET = "s3cret-of-the-test-cluster"
@@ -310,3 +311,32 @@ def test_with_an_api_token_only_a_client_that_has_it_is_relayed(telnyx, tmp_path
                           headers=auth).status_code == 201
     finally:
         nodes.close()
+
+
+def test_behind_a_round_robin_balancer_every_call_plays(telnyx, tmp_path, redis_url, postgres_url):
+    # Webhooks, requests and media sockets all through one balancer, as behind nginx: each call's
+    # pieces land on whichever node comes next, and every call still plays what it is sent.
+    with Balancer() as balancer:
+        nodes = Cluster(telnyx, tmp_path, redis_url, postgres_url,
+                        STREAM_WEBSOCKET_URL=f"ws://127.0.0.1:{balancer.port}/stream")
+        try:
+            balancer.backends = [("127.0.0.1", node.port) for node in nodes.nodes.values()]
+            telnyx.webhook_url = f"{balancer.url}/webhooks/voice"
+            calls = [telnyx.place_call() for _ in range(6)]
+            for i, call in enumerate(calls):
+                call.wait_streaming(timeout=15)
+                answer = httpx.post(f"{balancer.url}/streams/{call.call_control_id}/inject",
+                                    json={"tone": {"frequency_hz": 400 + 100 * i, "duration_ms": 300}, "loop": True})
+                assert answer.status_code == 201, answer.text
+            for i, call in enumerate(calls):
+                wait_until(lambda c=call, hz=400 + 100 * i: abs(dominant_hz(c.heard_pcm()[-1600:], 8000) - hz) < 20,
+                           what=f"call {i}'s own tone")
+            items = httpx.get(f"{balancer.url}/streams").json()["items"]
+            assert sorted(i["call_control_id"] for i in items) == sorted(c.call_control_id for c in calls)
+            assert len({i["node"] for i in items}) >= 2  # the sockets were spread
+            assert min(balancer.connections) > 0
+            for call in calls:
+                assert len(telnyx.commands_for("answer", call)) == 1
+                assert len(telnyx.commands_for("streaming_start", call)) == 1
+        finally:
+            nodes.close()
