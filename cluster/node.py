@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade", "host", "content-length", HEADER.lower()})
 ENDED = "ended"
+# A node that cannot list its calls within this fails the cluster-wide list (503), rather than
+# holding it up for as long as a relayed inject may take (it may download audio).
+GATHER_TIMEOUT_S = 3.0
 
 
 class ClusterUnavailable(Exception):
@@ -154,7 +157,7 @@ class ClusterNode:
     # -- talking to other nodes (request threads) ------------------------------------------------
 
     def forward(self, base_url: str, method: str, path: str, query: str, headers: Iterable[tuple[str, str]],
-                body: bytes) -> Forwarded:
+                body: bytes, *, timeout_s: float | None = None) -> Forwarded:
         """Ask the node at `base_url` to serve this request itself; its answer, as it gave it."""
         target = urllib.parse.quote(path) + (f"?{query}" if query else "")
         received = list(headers)
@@ -166,7 +169,8 @@ class ClusterNode:
             sent["X-Forwarded-Host"] = host
         sent[HEADER] = self.signer.sign(method, target, body)
         try:
-            response = self.http.request(method, base_url + target, headers=sent, content=body)
+            response = self.http.request(method, base_url + target, headers=sent, content=body,
+                                         timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
             raise ClusterUnavailable(f"The node at {base_url} did not answer: {exc}") from None
         return Forwarded(response.status_code, response.content,
@@ -177,7 +181,7 @@ class ClusterNode:
         others = [(nid, info["url"]) for nid, info in self.nodes().items() if nid != self.node_id]
 
         def ask(node_id: str, url: str) -> list[dict[str, Any]]:
-            answer = self.forward(url, "GET", "/streams", "status=active", (), b"")
+            answer = self.forward(url, "GET", "/streams", "status=active", (), b"", timeout_s=GATHER_TIMEOUT_S)
             if answer.status != 200:
                 raise ClusterUnavailable(f"Node {node_id} answered {answer.status} for its calls.")
             items: list[dict[str, Any]] = httpx.Response(200, content=answer.body).json()["items"]

@@ -84,6 +84,8 @@ def test_webhooks_socket_and_requests_on_three_nodes_make_one_call(telnyx, clust
     ccid = call.call_control_id
     wait_until(lambda: httpx.get(f"{c}/streams/{ccid}").json().get("node") == "b", what="node b owns the call")
 
+    assert 'mixer_frames_sent_total{node="b"}' in httpx.get(f"{b}/metrics").text
+
     # Every live call of the cluster, from any node, with the node that plays it.
     for url in (a, b, c):
         items = httpx.get(f"{url}/streams").json()["items"]
