@@ -109,9 +109,11 @@ def voice_webhook() -> tuple[Response, int]:
                 rt.metrics.inc("webhooks_total", outcome="ignored")
                 return jsonify({"status": "ignored"}), 200
             if owner is not None:  # the call lives on another node: it handles the event
-                rt.log.record("webhook.forwarded", event.call_control_id, event_type=event.event_type,
+                rt.log.record("webhook.relayed", event.call_control_id, event_type=event.event_type,
                               webhook_id=event.id, to=owner)
                 answer = cluster_views.forward_here(rt.cluster, owner)
+                if answer.status_code >= 500:
+                    dedupe.forget(event.id)  # it failed there: Telnyx's retry must be handled
                 return answer, answer.status_code
         rt.log.record("webhook.received", event.call_control_id, event_type=event.event_type,
                       webhook_id=event.id, attempt=event.attempt, occurred_at=event.occurred_at,
