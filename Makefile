@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SESSION ?= default
 ARGS ?=
 
-.PHONY: demo test lint services serve sim-serve call bench clean
+.PHONY: demo demo-cluster test lint services serve sim-serve call bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(BIN)/python -m simulator demo --out demo-output
 
+# The same call through two nodes on real Redis and PostgreSQL (see README, "Several processes").
+demo-cluster: $(STAMP) services
+	$(BIN)/python -m simulator demo --cluster --out demo-output-cluster
+
 test: lint services
 	$(BIN)/python -m pytest
 
-# The tests start their own Redis and PostgreSQL on free ports (tests/services.py) from Debian's
+# The tests start their own Redis and PostgreSQL on free ports (simulator/servers.py) from Debian's
 # binaries: installed here when missing (as root), else named. A cluster the postgresql package
 # may start on port 5432 is not used.
 services:
@@ -60,4 +64,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_load.py
 
 clean:
-	rm -rf $(VENV) data demo-output bench/out
+	rm -rf $(VENV) data demo-output demo-output-cluster bench/out

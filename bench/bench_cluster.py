@@ -8,7 +8,7 @@ Two configurations, one after the other, each with a fresh simulator and fresh s
 
 - one process: `python app.py` with its defaults (SQLite event log), as bench_load runs it.
 - two nodes: `python app.py` twice, with REDIS_URL, DATABASE_URL and CLUSTER_SECRET pointing at a
-  real redis-server and a real PostgreSQL this script starts (tests/services.py) and NODE_ID a and
+  real redis-server and a real PostgreSQL this script starts (simulator/servers.py) and NODE_ID a and
   b, in the split layout of tests/e2e/test_cluster.py: Telnyx's webhooks and every REST request
   go to node a, every media socket to node b (STREAM_WEBSOCKET_URL). So each call is claimed by a
   at its first webhook, taken over by b when its socket arrives, and each inject is relayed a -> b.
@@ -68,7 +68,6 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.bench_load import (  # noqa: E402
     API_KEY,
@@ -104,9 +103,9 @@ from bench.bench_load import (  # noqa: E402
     tone_latencies,
     wait_quiet,
 )
-from services import PostgresServer, RedisServer, started  # noqa: E402
 from simulator import CallerAudio, FakeTelnyx, SimCall  # noqa: E402
 from simulator.cli import free_port  # noqa: E402
+from simulator.servers import PostgresServer, RedisServer, started  # noqa: E402
 
 SECRET = "bench-cluster-secret-0123456789"
 LONG_GAP_S = 2 * FRAME_S  # the simple late-frame rule: a gap over two frame times (40 ms)
@@ -245,8 +244,8 @@ class Result:
 
 @dataclass
 class Services:
-    redis: Any  # services.RedisServer
-    postgres: Any  # services.PostgresServer
+    redis: Any  # simulator.servers.RedisServer
+    postgres: Any  # simulator.servers.PostgresServer
     database_url: str
 
 

@@ -9,8 +9,8 @@ Keys (all under `mixer:`):
 - `stream:<stream_id>`: the call of a Telnyx stream id (the REST routes take either).
 - `webhook:<id>`: a webhook already handled by some node (Telnyx retries within the hour).
 
-One lease per node, not per call: renewing it costs one command a second however many calls
-the node plays.
+One lease per node, not per call: renewing it costs one round trip a second (a SET and an SADD),
+however many calls the node plays.
 """
 
 from __future__ import annotations

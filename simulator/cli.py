@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -47,6 +49,7 @@ from nacl.signing import SigningKey
 
 from simulator.audio import CallerAudio
 from simulator.fake import FakeTelnyx, SimCall
+from simulator.servers import PostgresServer, RedisServer, started
 from simulator.story import (
     Moment,
     Step,
@@ -271,30 +274,39 @@ def _caller(args: argparse.Namespace) -> CallerAudio:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    server_port = free_port()
-    server = f"http://127.0.0.1:{server_port}"
-    with FakeTelnyx(API_KEY) as fake:
-        env = dict(os.environ, HOST="127.0.0.1", PORT=str(server_port), TELNYX_API_KEY=API_KEY,
-                   TELNYX_BASE_URL=fake.base_url, TELNYX_PUBLIC_KEY=fake.public_key,
-                   DATABASE_PATH=str(out / "mixer.sqlite3"),
-                   STREAM_WEBSOCKET_URL=f"ws://127.0.0.1:{server_port}/stream")
+    with contextlib.ExitStack() as stack:
+        fake = stack.enter_context(FakeTelnyx(API_KEY))
+        env = dict(os.environ, HOST="127.0.0.1", TELNYX_API_KEY=API_KEY, TELNYX_BASE_URL=fake.base_url,
+                   TELNYX_PUBLIC_KEY=fake.public_key, DATABASE_PATH=str(out / "mixer.sqlite3"))
         env.pop("API_TOKEN", None)
-        log_path = out / "server.log"
-        print(f"starting the server on {server} (log: {log_path})")
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-            try:
-                if not _wait_health(server, proc, args.start_timeout):
-                    print(f"the server did not become healthy; see {log_path}", file=sys.stderr)
-                    return 1
-                print("placing a call: a talking caller, music ducked under them, a tone, DTMF, speech, clear")
-                call, summary = run_story(fake, server, demo_steps(), caller_audio=CallerAudio.speech_like(seed=7))
-            except (TimeoutError, RuntimeError) as exc:
-                print(f"the demo call failed: {exc}; see {log_path}", file=sys.stderr)
+        nodes = ("a", "b") if args.cluster else ("",)
+        if args.cluster:
+            # Real Redis and PostgreSQL: two nodes; Telnyx's webhooks and the operator's requests go
+            # to node a, the media socket to node b, so the call moves to b and is reached through a.
+            redis = stack.enter_context(contextlib.closing(started(RedisServer)))
+            postgres = stack.enter_context(contextlib.closing(started(PostgresServer)))
+            env.update(REDIS_URL=redis.url, DATABASE_URL=postgres.url, CLUSTER_SECRET=secrets.token_hex(16))
+        ports = {name: free_port() for name in nodes}
+        socket_port = ports[nodes[-1]]
+        servers = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        server = servers[nodes[0]]
+        for name in nodes:
+            log_path = out / (f"server-{name}.log" if name else "server.log")
+            print(f"starting the server{' node ' + name if name else ''} on {servers[name]} (log: {log_path})")
+            log = stack.enter_context(log_path.open("wb"))
+            proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env=dict(env, PORT=str(ports[name]), NODE_ID=name or "demo",
+                                             STREAM_WEBSOCKET_URL=f"ws://127.0.0.1:{socket_port}/stream"))
+            stack.callback(_stop, proc)
+            if not _wait_health(servers[name], proc, args.start_timeout):
+                print(f"the server did not become healthy; see {log_path}", file=sys.stderr)
                 return 1
-            finally:
-                _stop(proc)
+        print("placing a call: a talking caller, music ducked under them, a tone, DTMF, speech, clear")
+        try:
+            call, summary = run_story(fake, server, demo_steps(), caller_audio=CallerAudio.speech_like(seed=7))
+        except (TimeoutError, RuntimeError) as exc:
+            print(f"the demo call failed: {exc}; see the server logs in {out}", file=sys.stderr)
+            return 1
         wav, png = write_outputs(call, out, summary.moments)
         save_caller(call, out / "caller.wav")
         print(f"wrote {wav}, {png} and {out / 'caller.wav'}")
@@ -367,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the whole story with the server as a subprocess")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--start-timeout", type=float, default=30.0)
+    demo.add_argument("--cluster", action="store_true",
+                      help="two nodes on real Redis and PostgreSQL: webhooks and requests on one, "
+                           "the socket on the other")
     demo.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from livecall import API_KEY, wait_until
-from services import free_port
 from simulator import FakeTelnyx, SimCall
+from simulator.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 
 from eventlog import EventLog
 from metrics import Metrics
-from services import PostgresServer, RedisServer, S, ServiceError, started
+from simulator.servers import PostgresServer, RedisServer, S, ServiceError, started
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -38,7 +38,7 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-# -- real PostgreSQL and Redis (tests/services.py) ------------------------------------------------
+# -- real PostgreSQL and Redis (simulator/servers.py) ------------------------------------------------
 # One server of each per test session, started on first use; each test gets a fresh database of its
 # own. Missing binaries fail the test (CI must not skip these quietly): `make test` installs them.
 

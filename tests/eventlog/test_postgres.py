@@ -8,7 +8,7 @@ import pytest
 
 from eventlog import EventLog, Unavailable
 from livecall import wait_until
-from services import PostgresServer, started
+from simulator.servers import PostgresServer, started
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import json
 import os
 import queue
 import shlex
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -241,3 +243,13 @@ def test_the_session_record_is_private(sessions):
     Session("p").save(telnyx_port=1, api_token="secret")
     assert (sessions / "telnyx-simulator-p.json").stat().st_mode & 0o077 == 0
     assert json.loads((sessions / "telnyx-simulator-p.json").read_text())["api_token"] == "secret"
+
+
+def test_demo_cluster_plays_the_call_through_two_nodes(tmp_path):
+    # `make demo-cluster`: real Redis, PostgreSQL and two `python app.py` nodes; the call moves to
+    # the node of its socket, and the WAV holds what the caller heard.
+    done = subprocess.run([sys.executable, "-m", "simulator", "demo", "--cluster", "--out", str(tmp_path)],
+                          cwd=cli.REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "mix.wav").stat().st_size > 100_000 and (tmp_path / "mix.png").exists()
+    assert "call.initiated:200=1" in done.stdout

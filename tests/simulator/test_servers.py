@@ -1,4 +1,4 @@
-"""tests/services.py: real PostgreSQL and Redis on loopback that stop, crash and come back on their port."""
+"""simulator/servers.py: real PostgreSQL and Redis on loopback that stop, crash and come back on their port."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import redis
 
-from services import PostgresServer, RedisServer, started
+from simulator.servers import PostgresServer, RedisServer, started
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Real PostgreSQL and Redis servers for tests, each on a free loopback port in a directory of its own.
+"""Real PostgreSQL and Redis servers for the tests, `make demo-cluster` and the benchmarks, each on a
+free loopback port in a directory of its own.
 
 A server can be stopped (gracefully) or killed and started again on the same port with the same
 directory, so outage tests can take the database away under running code and bring it back.
@@ -19,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import redis
@@ -131,7 +132,7 @@ class _Server:
     def _accepts_connections(self) -> bool:
         raise NotImplementedError
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         return {}
 
 
@@ -197,7 +198,7 @@ class PostgresServer(_Server):
             return False
         return True
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         if self._account is None:
             return {}
         return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": [],
