@@ -68,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if WORKER_ENV in os.environ:
         node_id = f"{node_id}-{os.environ[WORKER_ENV]}" if cfg.NODE_ID else node_id
     metrics = Metrics(version=VERSION, node=node_id if cfg.scaled else None)
+    metrics.gauge("events_dropped_total", lambda: log.dropped)
     settings = SessionSettings(
         codec=cfg.STREAM_CODEC,
         sample_rate=cfg.STREAM_SAMPLE_RATE,

@@ -90,6 +90,8 @@ METRICS: dict[str, Declared] = {
                                         "(malformed, too large)"),
     "http_timeouts_total": _read_counter("Connections closed because their request did not arrive in time"),
     "websocket_protocol_errors_total": _read_counter("Media sockets closed for breaking RFC 6455"),
+    "events_dropped_total": _read_counter("Event log rows dropped because more than the bound waited while the "
+                                          "database could not be written"),
     "active_sessions": Declared("gauge", "Calls with a live session"),
     "active_injections": Declared("gauge", "Injections created or playing"),
 }

@@ -284,6 +284,7 @@ def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, postg
         wait_until(lambda: httpx.get(f"{b}/health").status_code == 503, what="b degraded")
         assert "event log" in httpx.get(f"{b}/health").json()["reason"]
         _keeps_playing(call)
+        assert 'mixer_events_dropped_total{node="b"} 0.0' in httpx.get(f"{b}/metrics").text  # under the bound
         down = httpx.get(f"{a}/stream-log")
         assert down.status_code == 503 and down.json()["error"]["code"] == "database_unavailable"
     finally:
