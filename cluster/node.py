@@ -8,6 +8,7 @@ socket arrives, marking a call ended). Request threads ask the directory directl
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -184,7 +185,7 @@ class ClusterNode:
             answer = self.forward(url, "GET", "/streams", "status=active", (), b"", timeout_s=GATHER_TIMEOUT_S)
             if answer.status != 200:
                 raise ClusterUnavailable(f"Node {node_id} answered {answer.status} for its calls.")
-            items: list[dict[str, Any]] = httpx.Response(200, content=answer.body).json()["items"]
+            items: list[dict[str, Any]] = json.loads(answer.body)["items"]
             for item in items:
                 item["node"] = node_id
             return items
@@ -235,7 +236,7 @@ class ClusterNode:
         target = f"/cluster/calls/{ccid}/handoff"  # forward() quotes it
         try:
             answer = self.forward(str(previous["url"]), "POST", target, "", (), b"")
-            state = httpx.Response(200, content=answer.body).json() if answer.status == 200 else {}
+            state = json.loads(answer.body) if answer.status == 200 else {}
         except (ClusterUnavailable, ValueError) as exc:
             logger.error("[%s] node %s did not hand the call over: %s", ccid, claim.node, exc)
             return

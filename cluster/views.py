@@ -8,7 +8,7 @@ import urllib.parse
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 import apitoken
-from cluster.node import ClusterNode, ClusterUnavailable, Forwarded
+from cluster.node import ClusterNode, ClusterUnavailable
 from cluster.signing import HEADER, ClusterSignatureError
 from errors import ApiError
 
@@ -45,15 +45,11 @@ def peer() -> str | None:
     return g.get("cluster_peer")
 
 
-def relay(answer: Forwarded) -> Response:
-    return Response(answer.body, status=answer.status, content_type=answer.content_type)
-
-
 def forward_here(node: ClusterNode, base_url: str) -> Response:
     """This request, answered by the node at `base_url`."""
     answer = node.forward(base_url, request.method, request.path, request.query_string.decode("latin-1"),
                           request.headers.items(), request.get_data(cache=True))
-    return relay(answer)
+    return Response(answer.body, status=answer.status, content_type=answer.content_type)
 
 
 def _check_peer(node: ClusterNode) -> None:
