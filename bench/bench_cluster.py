@@ -2,29 +2,35 @@
 
     .venv/bin/python bench/bench_cluster.py                 # 100 calls, 20 s windows
     .venv/bin/python bench/bench_cluster.py --quick         # 20 calls, 5 s windows (smoke check)
-    .venv/bin/python bench/bench_cluster.py --calls 200 --seconds 30
+    .venv/bin/python bench/bench_cluster.py --calls 300 --seconds 20
 
-Two configurations, one after the other, each with a fresh simulator and fresh servers:
+Three configurations, one after the other, each with a fresh simulator and fresh servers:
 
 - one process: `python app.py` with its defaults (SQLite event log), as bench_load runs it.
-- two nodes: `python app.py` twice, with REDIS_URL, DATABASE_URL and CLUSTER_SECRET pointing at a
-  real redis-server and a real PostgreSQL this script starts (simulator/servers.py) and NODE_ID a and
-  b, in the split layout of tests/e2e/test_cluster.py: Telnyx's webhooks and every REST request
-  go to node a, every media socket to node b (STREAM_WEBSOCKET_URL). So each call is claimed by a
-  at its first webhook, taken over by b when its socket arrives, and each inject is relayed a -> b.
+- two nodes, split: `python app.py` twice, with REDIS_URL, DATABASE_URL and CLUSTER_SECRET pointing
+  at a real redis-server and a real PostgreSQL this script starts (simulator/servers.py) and
+  NODE_ID a and b, in the split layout of tests/e2e/test_cluster.py: Telnyx's webhooks and every
+  REST request go to node a, every media socket to node b (STREAM_WEBSOCKET_URL). So each call is
+  claimed by a at its first webhook, taken over by b when its socket arrives, and each inject is
+  relayed a -> b.
+- two nodes, mixed: the same two nodes, each a front and a media node. Telnyx's webhook URL
+  alternates between a and b call after call (a call's later webhooks go wherever it points
+  then); each node asks Telnyx to stream to the other one (STREAM_WEBSOCKET_URL); backgrounds
+  alternate and each tone goes to a or b at random. So about half of the requests reach the
+  call's owner and half are relayed, in both directions.
 
 In each: N calls are set up through signed webhooks at a bounded rate, each with talk-spurt caller
-audio and a looping, ducked background injected through node a (bench_load's music). Then:
+audio and a looping, ducked background (bench_load's music) injected through a front node. Then:
 
 1. the measured window (--seconds): every 100 ms a 100 ms 2700 Hz tone into a random call, sent
-   to node a by bench/tone_injector.py from a process of its own. Over this window:
+   to a front node by bench/tone_injector.py from a process of its own. Over this window:
    - inject-to-first-audio p50/p99: from just before the tone's POST to the kernel's receive
      stamp of the first frame of that call in which the tone dominates (bench_load's rule);
    - underruns: bench_load's jitter-buffer playout model (a frame late by any amount counts);
      and the simpler rule "gaps > 40 ms": consecutive frames of one call more than two frame
      times apart, counted per call and summed; gap p99 pooled over calls;
    - CPU of the app processes, of Redis and PostgreSQL, of this generator, and of the rest;
-   - the media node's own clock counters from /metrics (ticks late/skipped).
+   - the media nodes' own clock counters from /metrics (ticks late/skipped, summed).
    Webhook answer p50/p99 covers every webhook the simulator sent in set-up and window (timed
    around the simulator's post, bench_load's WebhookTimer).
 2. the quiet window (--seconds again): no request at all, only the calls playing (and the
@@ -302,6 +308,9 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
+LAYOUTS = ("one process", "two nodes, split", "two nodes, mixed")
+
+
 def run_config(config: str, n: int, seconds: float, pin: bool, seed: int) -> Result:
     res = Result(config=config, calls=n)
     gc.collect()
@@ -311,7 +320,7 @@ def run_config(config: str, n: int, seconds: float, pin: bool, seed: int) -> Res
             _run(res, n, seconds, pin, seed, None)
         else:
             with cluster_services(SERVER_CPU if pin else None) as services:
-                _run(res, n, seconds, pin, seed, services)
+                _run(res, n, seconds, pin, seed, services, mixed=config.endswith("mixed"))
     except (RuntimeError, TimeoutError, OSError, httpx.HTTPError, redis.RedisError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -320,7 +329,8 @@ def run_config(config: str, n: int, seconds: float, pin: bool, seed: int) -> Res
     return res
 
 
-def _run(res: Result, n: int, seconds: float, pin: bool, seed: int, services: Services | None) -> None:
+def _run(res: Result, n: int, seconds: float, pin: bool, seed: int, services: Services | None,
+         mixed: bool = False) -> None:
     cpu = SERVER_CPU if pin else None
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, \
             FakeTelnyx(api_key=API_KEY, max_calls=n + 16, webhook_workers=8) as telnyx, \
@@ -332,18 +342,26 @@ def _run(res: Result, n: int, seconds: float, pin: bool, seed: int, services: Se
             if services is None:
                 nodes.append(Node("a", telnyx, Path(tmp) / "a", {}, cpu))
             else:
-                socket_port = free_port()
+                port_a, port_b = free_port(), free_port()
                 shared = {"REDIS_URL": services.redis.url, "DATABASE_URL": services.database_url,
-                          "CLUSTER_SECRET": SECRET, "STREAM_WEBSOCKET_URL": f"ws://127.0.0.1:{socket_port}/stream"}
-                nodes.append(Node("a", telnyx, Path(tmp) / "a", {**shared, "NODE_ID": "a"}, cpu))
-                nodes.append(Node("b", telnyx, Path(tmp) / "b", {**shared, "NODE_ID": "b"}, cpu, port=socket_port))
+                          "CLUSTER_SECRET": SECRET}
+                # Split: every socket on b. Mixed: each node sends Telnyx's sockets to the other.
+                socket_of_a = f"ws://127.0.0.1:{port_b}/stream"
+                socket_of_b = f"ws://127.0.0.1:{port_a if mixed else port_b}/stream"
+                nodes.append(Node("a", telnyx, Path(tmp) / "a",
+                                  {**shared, "NODE_ID": "a", "STREAM_WEBSOCKET_URL": socket_of_a}, cpu, port=port_a))
+                nodes.append(Node("b", telnyx, Path(tmp) / "b",
+                                  {**shared, "NODE_ID": "b", "STREAM_WEBSOCKET_URL": socket_of_b}, cpu, port=port_b))
             for node in nodes:
                 node.wait_healthy(http, nodes=len(nodes))
-            front, media = nodes[0], nodes[-1]  # webhooks and REST to a; the sockets on b (or a alone)
-            telnyx.webhook_url = f"{front.url}/webhooks/voice"
-            playing = set_up(res, n, telnyx, front, media, http)
+            # Split (or one process): webhooks and REST to a, the sockets on b (or a alone).
+            # Mixed: webhooks and REST to both, the sockets on both.
+            fronts = nodes if mixed else nodes[:1]
+            media = nodes if mixed else nodes[-1:]
+            telnyx.webhook_url = f"{fronts[0].url}/webhooks/voice"
+            playing = set_up(res, n, telnyx, fronts, media, http)
             rng = random.Random(seed)
-            window = measure(res, seconds, front, media, nodes, services, http, playing, rng)
+            window = measure(res, seconds, fronts, media, nodes, services, http, playing, rng)
             window.received = {id(c): c.received for c in playing}
             hooks = list(timer.samples)  # set-up and window
             if services is not None:
@@ -359,12 +377,19 @@ def _run(res: Result, n: int, seconds: float, pin: bool, seed: int, services: Se
     res.webhook_p50_ms, res.webhook_p99_ms = _ms(pct(durations, 50)), _ms(pct(durations, 99))
 
 
-def set_up(res: Result, n: int, telnyx: FakeTelnyx, front: Node, media: Node, http: httpx.Client) -> list[SimCall]:
-    """N calls streaming (their sockets on `media`), then a looping ducked background on each through `front`."""
+def set_up(res: Result, n: int, telnyx: FakeTelnyx, fronts: list[Node], media: list[Node],
+           http: httpx.Client) -> list[SimCall]:
+    """N calls streaming (their sockets on the `media` nodes), their webhooks to the `fronts` in
+    turn, then a looping ducked background on each through the `fronts` in turn."""
     deadline = time.monotonic() + 30.0 + 3 * n / SETUP_RATE
     caller_audio = CallerAudio.speech_like(seed=5)
     calls: list[SimCall] = []
-    paced(n, SETUP_RATE, lambda _i: calls.append(telnyx.place_call(caller_audio=caller_audio)), deadline)
+
+    def place(i: int) -> None:
+        telnyx.webhook_url = f"{fronts[i % len(fronts)].url}/webhooks/voice"
+        calls.append(telnyx.place_call(caller_audio=caller_audio))
+
+    paced(n, SETUP_RATE, place, deadline)
     streaming: list[SimCall] = []
     for call in calls:
         with contextlib.suppress(TimeoutError, RuntimeError):
@@ -372,11 +397,13 @@ def set_up(res: Result, n: int, telnyx: FakeTelnyx, front: Node, media: Node, ht
             streaming.append(call)
     if len(streaming) < n:
         raise RuntimeError(f"only {len(streaming)} of {n} calls streaming")
-    while (media.health(http) or {}).get("active_sessions", -1) < n and time.monotonic() < deadline:
+    def sessions() -> dict[str, int]:
+        return {node.name: (node.health(http) or {}).get("active_sessions", -1) for node in {*fronts, *media}}
+
+    while sum(sessions()[node.name] for node in media) < n and time.monotonic() < deadline:
         time.sleep(0.1)
-    if front is not media:  # the split layout: every session on b, none on a
-        on_b, on_a = ((node.health(http) or {}).get("active_sessions") for node in (media, front))
-        res.notes.append(f"sessions after set-up: node b {on_b}, node a {on_a}")
+    if len(sessions()) > 1:
+        res.notes.append("sessions after set-up: " + ", ".join(f"node {k} {v}" for k, v in sorted(sessions().items())))
     time.sleep(SETUP_SETTLE_S)
     background = {"audio_base64": base64.b64encode(music_wav()).decode(), "loop": True, "duck": True,
                   "gain_db": -10, "label": "bg"}
@@ -385,7 +412,7 @@ def set_up(res: Result, n: int, telnyx: FakeTelnyx, front: Node, media: Node, ht
     def start_background(i: int) -> None:
         call = streaming[i]
         with contextlib.suppress(httpx.HTTPError):
-            r = http.post(f"{front.url}/streams/{call.call_control_id}/inject", json=background)
+            r = http.post(f"{fronts[i % len(fronts)].url}/streams/{call.call_control_id}/inject", json=background)
             if r.status_code == 201:
                 playing.append(call)
             elif len(res.notes) < 3:
@@ -399,10 +426,11 @@ def set_up(res: Result, n: int, telnyx: FakeTelnyx, front: Node, media: Node, ht
     return playing
 
 
-def measure(res: Result, seconds: float, front: Node, media: Node, nodes: list[Node], services: Services | None,
-            http: httpx.Client, playing: list[SimCall], rng: random.Random) -> Window:
-    """The measured window: a tone into a random call every 100 ms, through `front`; CPU around it."""
-    plan = {"mode": "every", "url": front.url, "calls": [c.call_control_id for c in playing], "seconds": seconds,
+def measure(res: Result, seconds: float, fronts: list[Node], media: list[Node], nodes: list[Node],
+            services: Services | None, http: httpx.Client, playing: list[SimCall], rng: random.Random) -> Window:
+    """The measured window: a tone into a random call every 100 ms, through a random front; CPU around it."""
+    plan = {"mode": "every", "urls": [front.url for front in fronts], "calls": [c.call_control_id for c in playing],
+            "seconds": seconds,
             "interval_s": TONE_INTERVAL_S, "quiet_s": min(1.0, len(playing) * TONE_INTERVAL_S / 2),
             "seed": rng.randrange(1 << 30), "body": tone_body(TONE_HZ)}
     injector = start_injector(plan)
@@ -413,7 +441,7 @@ def measure(res: Result, seconds: float, front: Node, media: Node, nodes: list[N
 
     try:
         time.sleep(INJECTOR_START_S)
-        counters0 = media.counters(http)
+        counters0 = media_counters(media, http)
         app0, svc0, gen0, busy0 = (cpu_seconds(app_procs()), cpu_seconds(service_procs(services)),
                                    cpu_seconds([me]), machine_busy_seconds())
         inj0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -436,7 +464,7 @@ def measure(res: Result, seconds: float, front: Node, media: Node, nodes: list[N
     res.services_cpu_pct = 100 * (svc1 - svc0) / w if services is not None else None
     res.gen_cpu_pct = 100 * (gen1 - gen0) / w
     res.other_cpu_pct = max(0.0, 100 * ((busy1 - busy0) - (app1 - app0) - (svc1 - svc0) - (gen1 - gen0)) / w)
-    counters1 = media.counters(http)
+    counters1 = media_counters(media, http)
     if "ticks_late" in counters1:
         res.ticks_late = int(counters1["ticks_late"] - counters0.get("ticks_late", 0))
     if "ticks_skipped" in counters1:
@@ -454,6 +482,15 @@ def measure(res: Result, seconds: float, front: Node, media: Node, nodes: list[N
     if last + TONE_SEARCH_S > time.monotonic():
         time.sleep(last + TONE_SEARCH_S - time.monotonic())
     return Window(playing, tones, w0, w1)
+
+
+def media_counters(media: list[Node], http: httpx.Client) -> dict[str, float]:
+    """The media clock counters of the media nodes, summed."""
+    total: dict[str, float] = {}
+    for node in media:
+        for key, value in node.counters(http).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
 
 
 HEARTBEAT_KEYS = ("mixer:node:", "mixer:nodes")  # cluster/directory.py: a node's lease and the set of nodes
@@ -574,11 +611,11 @@ def print_results(results: list[Result], seconds: float) -> None:
     print_rows(["metric", *(r.config for r in results)], [[name, *(fn(r) for r in results)] for name, fn in ROWS],
                left=1)
     print(f"\n(window {seconds:g} s: a {TONE_HZ:g} Hz tone every {TONE_INTERVAL_S * 1000:.0f} ms into a random "
-          "call, sent to node a; inject-to-first-audio = from just before the POST to the first frame\n"
+          "call, sent to a front node; inject-to-first-audio = from just before the POST to the first frame\n"
           " of that call in which the tone dominates; webhook answer = every signed webhook POST in set-up and "
           "window; underruns = bench_load's playout model, any lateness counts;\n"
           f" gaps > 40 ms = consecutive frames of a call over {LONG_GAP_S * 1000:.0f} ms apart, summed over calls; "
-          "ticks = the media node's own /metrics; quiet = a second window of the same length\n"
+          "ticks = the media nodes' own /metrics; quiet = a second window of the same length\n"
           " with no request at all: Redis INFO commandstats before and after it (all), MONITOR meanwhile for which "
           "keys (heartbeat = mixer:node:*, mixer:nodes))")
     for r in results:
@@ -597,12 +634,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window, and the quiet window")
     parser.add_argument("--quick", action="store_true", help="20 calls, 5 s windows (smoke check)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--layouts", type=lambda s: s.split(","), default=list(LAYOUTS),
+                        help=f"comma-separated, of: {', '.join(LAYOUTS)}")
     parser.add_argument("--wait-quiet", type=float, default=30.0,
                         help="before each configuration, wait up to this many seconds for other processes to go idle")
     args = parser.parse_args()
     n, seconds = (20, 5.0) if args.quick else (args.calls, args.seconds)
     if n < 1 or seconds < 1:
         parser.error("need --calls >= 1 and --seconds >= 1")
+    if unknown := set(args.layouts) - set(LAYOUTS):
+        parser.error(f"unknown layouts {sorted(unknown)}; choose from {', '.join(LAYOUTS)}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 16 * n + 1024))
     if want > soft:
@@ -614,10 +655,11 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; server at {revision(ROOT)}")
     print(f"pinning: app processes, Redis and PostgreSQL -> CPU {SERVER_CPU}; simulator and tone injector -> "
           f"CPU {GENERATOR_CPU}" if pin else "pinning: off (fewer than 2 usable CPUs)")
-    print(f"{n} calls; windows {seconds:g} s; two nodes: webhooks and REST to node a, media sockets on node b")
+    print(f"{n} calls; windows {seconds:g} s; split: webhooks and REST to node a, media sockets on node b; "
+          "mixed: webhooks, REST and sockets on both")
     results: list[Result] = []
     t_run = time.monotonic()
-    for config in ("one process", "two nodes"):
+    for config in args.layouts:
         if args.wait_quiet > 0 and (other := wait_quiet(args.wait_quiet)) >= 10:
             print(f"\nthe machine is busy with other work ({other:.0f}% of a core); measuring anyway")
         print(f"\n{config}: setting up ...", flush=True)

@@ -15,7 +15,8 @@ The plan (JSON, the one argument) has a "mode":
 - "every" (the default): {"url", "calls": [call_control_id, ...], "seconds", "interval_s",
   "quiet_s", "seed", "body"}. From its start, every interval one call is picked at random
   among those that got no tone in the last quiet_s, and `body` is POSTed to its
-  /streams/<id>/inject.
+  /streams/<id>/inject. With "urls" ([url, ...]) instead of "url", each request goes to one
+  of them picked at random (several nodes of one server).
 - "burst": {"url", "calls", "clients", "seed", "body"}. `clients` threads, each with an HTTP
   connection of its own (opened before the start), POST `body` once to every call, in an order
   shuffled by `seed`, all from the start on: each client takes the next call as soon as its
@@ -78,7 +79,7 @@ def every(plan: dict[str, Any]) -> Sent:
     interval, quiet, seconds = plan["interval_s"], plan["quiet_s"], plan["seconds"]
     rng = random.Random(plan["seed"])
     body = json.dumps(plan["body"]).encode()
-    conn = connect(plan["url"])
+    conns = [connect(url) for url in plan.get("urls") or [plan["url"]]]
     last = dict.fromkeys(calls, -1e9)
     sent: Sent = []
     start = wait_start()
@@ -95,8 +96,9 @@ def every(plan: dict[str, Any]) -> Sent:
             continue
         call = rng.choice(eligible)
         last[call] = now
-        sent.append(post(conn, call, body))
-    conn.close()
+        sent.append(post(rng.choice(conns) if len(conns) > 1 else conns[0], call, body))
+    for conn in conns:
+        conn.close()
     return sent
 
 
