@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mixer.codecs import ulaw_decode, ulaw_encode
+
 
 def to_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float64) / 32768.0
@@ -35,3 +37,13 @@ def non_silent(pcm: np.ndarray, threshold: int = 64) -> np.ndarray:
     """The span from the first to the last sample above `threshold`."""
     loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > threshold)
     return pcm[loud[0]: loud[-1] + 1] if len(loud) else pcm[:0]
+
+
+def assert_arrived_exactly(call, source: np.ndarray) -> None:
+    """`source` (int16, first sample non-zero) arrived as its mu-law round trip, then nothing."""
+    # What arrived, in order; the playout clock is not involved, so load cannot shift it.
+    arrived = ulaw_decode(b"".join(payload for _, payload in call.received))
+    expected = ulaw_decode(ulaw_encode(source))
+    start = int(np.flatnonzero(arrived != 0)[0])
+    assert np.array_equal(arrived[start:start + len(expected)], expected), call.call_control_id
+    assert not arrived[start + len(expected):].any()  # then nothing: the pacer sends no padding

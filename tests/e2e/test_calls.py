@@ -7,9 +7,8 @@ import base64
 import numpy as np
 import soundfile as sf
 
-from audio_checks import dominant_hz, max_jump, non_silent, sine_peak_dbfs
+from audio_checks import assert_arrived_exactly, dominant_hz, max_jump, non_silent, sine_peak_dbfs
 from livecall import API_KEY, connected_call, inject, start_server, wait_injection, wait_until, wav_bytes
-from mixer.codecs import ulaw_decode, ulaw_encode
 
 
 def test_full_call_flow_from_initiated_to_hangup(telnyx, server):
@@ -61,16 +60,6 @@ def test_wav_at_0_db_arrives_bit_exact_after_the_mulaw_round_trip(telnyx, server
     inj = inject(server, call, body)
     wait_injection(server, call, inj["id"], "finished")
     assert_arrived_exactly(call, source)
-
-
-def assert_arrived_exactly(call, source: np.ndarray) -> None:
-    """`source` (int16, first sample non-zero) arrived as its mu-law round trip, then nothing."""
-    # What arrived, in order; the playout clock is not involved, so load cannot shift it.
-    arrived = ulaw_decode(b"".join(payload for _, payload in call.received))
-    expected = ulaw_decode(ulaw_encode(source))
-    start = int(np.flatnonzero(arrived != 0)[0])
-    assert np.array_equal(arrived[start:start + len(expected)], expected), call.call_control_id
-    assert not arrived[start + len(expected):].any()  # then nothing: the pacer sends no padding
 
 
 def test_many_calls_at_once_each_get_their_own_audio_bit_exact(telnyx, server):

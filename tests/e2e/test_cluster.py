@@ -6,6 +6,7 @@ node's STREAM_WEBSOCKET_URL points there) and the operator's requests node c.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 
 from appprocess import ROOT, AppProcess, free_port
-from audio_checks import dominant_hz, sine_peak_dbfs
-from livecall import wait_until
+from audio_checks import assert_arrived_exactly, dominant_hz, sine_peak_dbfs
+from livecall import wait_until, wav_bytes
 from simulator import FakeTelnyx, SimCall
 from simulator.balancer import Balancer
 from simulator.webhooks import WebhookEvent
@@ -120,7 +121,7 @@ def test_webhooks_socket_and_requests_on_three_nodes_make_one_call(telnyx, clust
 
     # Multipart upload to a node that does not own the call: the audio reaches the owner.
     tone = (np.sin(2 * np.pi * 440 * np.arange(8000) / 8000) * 8000).astype("<i2")
-    wav = _wav(tone)
+    wav = wav_bytes(tone)
     uploaded = httpx.post(f"{c}/streams/{ccid}/inject", files={"file": ("tone.wav", wav, "audio/wav")})
     assert uploaded.status_code == 201, uploaded.text
     wait_until(lambda: abs(dominant_hz(call.heard_pcm()[-1600:], 8000) - 440) < 20, what="the uploaded tone")
@@ -180,19 +181,6 @@ def test_a_forged_forward_is_refused(telnyx, cluster):
     assert httpx.get(f"{cluster.url('c')}/streams/{call.call_control_id}").json()["status"] == "streaming"
 
 
-def _wav(pcm: np.ndarray) -> bytes:
-    import io
-    import wave
-
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(pcm.tobytes())
-    return out.getvalue()
-
-
 def test_workers_share_one_port_as_nodes(telnyx, tmp_path, redis_url, postgres_url):
     app = AppProcess(telnyx, tmp_path, env={"REDIS_URL": redis_url, "DATABASE_URL": postgres_url,
                                             "CLUSTER_SECRET": SECRET, "NODE_ID": "w", "WORKERS": "2"})
@@ -250,6 +238,35 @@ def _keeps_playing(call: SimCall, seconds: float = 2.0) -> None:
     assert abs(dominant_hz(call.heard_pcm()[-1600:], 8000) - 500) < 20
 
 
+def test_audio_sent_to_a_node_that_does_not_own_the_call_arrives_bit_exact(telnyx, pair):
+    # Uploaded to node a, relayed with its bytes to node b, mixed there: the caller hears exactly
+    # the mu-law round trip of the source, as from one process (test_calls.py), base64 or multipart.
+    a = pair.url("a")
+    calls = [telnyx.place_call() for _ in range(2)]
+    for call in calls:
+        call.wait_streaming(timeout=15)
+        wait_until(lambda c=call: httpx.get(f"{a}/streams/{c.call_control_id}").json().get("node") == "b",
+                   what="owned by b")
+    sources = []
+    for i in range(len(calls)):
+        rng = np.random.default_rng(40 + i)
+        source = (rng.standard_normal(6000 + 320 * i) * 3000).clip(-20000, 20000).astype(np.int16)
+        source[0] = 1500 + i  # a known first sample to align on
+        sources.append(source)
+    inject = f"{a}/streams/{{}}/inject"
+    as_base64 = httpx.post(inject.format(calls[0].call_control_id),
+                           json={"audio_base64": base64.b64encode(wav_bytes(sources[0])).decode()})
+    as_upload = httpx.post(inject.format(calls[1].call_control_id),
+                           files={"file": ("noise.wav", wav_bytes(sources[1]), "audio/wav")})
+    for call, answer in zip(calls, (as_base64, as_upload), strict=True):
+        assert answer.status_code == 201, answer.text
+        url = f"{a}/streams/{call.call_control_id}/injections/{answer.json()['id']}"
+        wait_until(lambda u=url: httpx.get(u).json()["status"] == "finished", what="played out")
+        wait_until(call.idle, what="playout to drain")
+    for call, source in zip(calls, sources, strict=True):
+        assert_arrived_exactly(call, source)
+
+
 def test_redis_down_calls_keep_playing_local_requests_served_and_it_heals(telnyx, redis_server, pair):
     a, b = pair.url("a"), pair.url("b")
     call = _playing(telnyx, pair)
@@ -273,11 +290,15 @@ def test_redis_down_calls_keep_playing_local_requests_served_and_it_heals(telnyx
     _keeps_playing(call)
 
 
-def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, postgres_server, pair):
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_postgres_down_events_wait_and_are_written_when_it_returns(telnyx, postgres_server, pair, how):
     a, b = pair.url("a"), pair.url("b")
     call = _playing(telnyx, pair)
     ccid = call.call_control_id
-    postgres_server.stop()
+    if how == "killed":
+        postgres_server.kill()  # SIGKILL: its connections drop at once, it recovers from its WAL at start
+    else:
+        postgres_server.stop()
     try:
         marked = httpx.post(f"{a}/streams/{ccid}/inject", json={"dtmf": "7", "label": "while-pg-down"})
         assert marked.status_code == 201, marked.text
