@@ -334,6 +334,7 @@ class EventLog:
         if not events and not calls:
             return
         with connection.transaction() as db:
+            self._db.lock_writes(db)
             if events:
                 db.run_many(_INSERT_EVENT, events)
             if calls:

@@ -88,6 +88,12 @@ class Database(ABC):
         """The first statement of the migration transaction: one process migrates at a time."""
 
     @abstractmethod
+    def lock_writes(self, session: Session) -> None:
+        """The first statement of a writer's transaction: rows get their ids (events.id, calls'
+        paging column) and commit in the same order, so a reader paging by id never passes a row
+        that commits later with a smaller id."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -116,6 +122,9 @@ class SQLite(Database):
 
     def lock_migrations(self, session: Session) -> None:
         session.run("BEGIN IMMEDIATE")  # takes the write lock now, not at the first write
+
+    def lock_writes(self, session: Session) -> None:
+        pass  # one writer at a time already: SQLite's write lock is held from the first insert to the commit
 
     def close(self) -> None:
         pass  # no connection outlives its use
@@ -163,8 +172,9 @@ class PostgreSQL(Database):
         "text": 'TEXT COLLATE "C"',
         "paging_column": "seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,",
     }
-    # pg_advisory_xact_lock's key for migrations: "eventlog" in ASCII.
+    # pg_advisory_xact_lock's keys: "eventlog" and "evwrites" in ASCII.
     MIGRATION_LOCK = int.from_bytes(b"eventlog", "big")
+    WRITE_LOCK = int.from_bytes(b"evwrites", "big")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -188,6 +198,13 @@ class PostgreSQL(Database):
         # Several processes start at once in scaled mode: one applies the migrations, the others
         # wait here and then find nothing left to do.
         session.run("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
+
+    def lock_writes(self, session: Session) -> None:
+        # Sequences hand out numbers outside transactions: without this, node a could take id 10,
+        # node b id 11 and commit first, and a reader that saw 11 would page past 10. Held from
+        # before the first number to the commit (a batch is one short transaction, so the nodes'
+        # writers queue for milliseconds at most).
+        session.run("SELECT pg_advisory_xact_lock(?)", (self.WRITE_LOCK,))
 
     def close(self) -> None:
         self._pool.close()

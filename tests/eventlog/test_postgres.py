@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from eventlog import EventLog, Unavailable
+from eventlog.dialect import PostgreSQL
 from livecall import wait_until
 from simulator.servers import PostgresServer, started
 
@@ -44,6 +46,42 @@ def test_two_nodes_see_each_others_events_and_calls(postgres_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_ids_become_visible_in_order_across_writers(postgres_url: str) -> None:
+    # Node a's writer takes an id and has not committed; node b's writer must not take and commit a
+    # larger one meanwhile, or a reader paging with a cursor past b's row would never see a's.
+    EventLog(postgres_url).close()  # the schema
+    db = PostgreSQL(postgres_url)
+    first, second = db.connect(), db.connect()
+    b_committed = threading.Event()
+
+    def write_b() -> None:
+        with second.transaction() as session:
+            db.lock_writes(session)
+            session.run("INSERT INTO events (at, call_control_id, event, data) VALUES (?, ?, ?, ?)",
+                        ("2026-01-01T00:00:01Z", "b", "test.b", "{}"))
+        b_committed.set()
+
+    try:
+        with first.transaction() as session:
+            db.lock_writes(session)
+            session.run("INSERT INTO events (at, call_control_id, event, data) VALUES (?, ?, ?, ?)",
+                        ("2026-01-01T00:00:00Z", "a", "test.a", "{}"))
+            writer_b = threading.Thread(target=write_b)
+            writer_b.start()
+            assert not b_committed.wait(1.0)  # b waits for a's commit
+            with db.session() as reader:
+                assert reader.query("SELECT event FROM events WHERE event LIKE ?", ("test.%",)) == []
+        writer_b.join(10)
+        assert b_committed.is_set()
+        with db.session() as reader:
+            assert reader.query("SELECT event FROM events WHERE event LIKE ? ORDER BY id", ("test.%",)) == [
+                ("test.a",), ("test.b",)]
+    finally:
+        first.close()
+        second.close()
+        db.close()
 
 
 @pytest.mark.parametrize("outage", ["stop", "kill"])
