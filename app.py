@@ -7,6 +7,7 @@ the event log, the session registry, the Telnyx command runner, then the bluepri
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ from streams.registry import SessionRegistry
 from streams.session import SessionSettings
 from webhooks import views as webhook_views
 from webhooks.commands import CallCommands
+from webhooks.flow import restream
 from webhooks.signature import load_public_key
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
                  cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
+    if node is not None:  # a survivor's takeover asks Telnyx to stream the call again
+        node.restream = functools.partial(restream, rt)
 
     errors.register(app)
     if node is not None:  # a node's signed request is recognised before the token check...

@@ -67,7 +67,7 @@ class Config:
     CLUSTER_HOST: str = ""
     CLUSTER_PORT: int = 0
     CLUSTER_ADVERTISE_URL: str = ""
-    NODE_LEASE_MS: int = 5000
+    NODE_LEASE_MS: int = 3000
     WORKERS: int = 1
 
     @property

@@ -1,32 +1,45 @@
 """This process as a node: its lease, where each request for a call belongs, and calls moving in.
 
-Threads: `cluster-heartbeat` renews the lease every lease/5 and notices Redis going and coming
-back; `cluster-worker` runs what the media socket must not wait for (taking a call over when its
-socket arrives, marking a call ended). Request threads ask the directory directly.
+Threads: `cluster-heartbeat` renews the lease every lease/5, notices Redis going and coming
+back, and takes over the calls of nodes whose lease ran out; `cluster-worker` runs what the
+media socket and the media clock must not wait for (taking a call over when its socket arrives,
+marking a call ended, saving an injection's start). Request threads ask the directory directly.
+
+Failover: every injection's state and audio are kept in Redis while the call lives. When a
+node dies, one survivor per call wins an "orphan" claim (a higher fence), logs the call's
+injections `interrupted` and asks Telnyx to stream the call again (`restream`); whichever node
+the new socket reaches takes the call over as usual and resumes each injection where the wall
+clock says it would be now, so the gap is skipped, not replayed. A node whose lease ran out
+while it lived (cut off from Redis) learns at its next renewal and lets go of the calls that
+were taken from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
+import random
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
+import numpy as np
 import redis
 
 from cluster.directory import Directory
 from cluster.signing import HEADER, Signer
 from eventlog import EventLog, utc_now
 from streams.registry import SessionRegistry
-from streams.session import CallSession
-from streams.status import CallStatus
+from streams.session import CallSession, Injection
+from streams.status import CallStatus, InjectionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +50,8 @@ ENDED = "ended"
 # A node that cannot list its calls within this fails the cluster-wide list (503), rather than
 # holding it up for as long as a relayed inject may take (it may download audio).
 GATHER_TIMEOUT_S = 3.0
+# restream(call_control_id, fence, stream_url, on_ended): ask Telnyx to stream the call again.
+Restream = Callable[[str, int, str | None, Callable[[], None]], None]
 
 
 class ClusterUnavailable(Exception):
@@ -73,6 +88,11 @@ class ClusterNode:
         self._unadopted: dict[str, CallSession] = {}
         self._threads: list[threading.Thread] = []
         self._gather = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cluster-gather")
+        self._beats = 0
+        # Not before then: after an outage of its own, a node gives the others one lease to renew
+        # theirs, rather than taking the calls of nodes that were only cut off like itself.
+        self._sweep_after = 0.0
+        self.restream: Restream | None = None  # set by the app: Telnyx commands live in webhooks/
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -142,6 +162,13 @@ class ClusterNode:
             raise ClusterUnavailable(f"The node that holds call {call_control_id} is gone.")
         return str(info["url"])
 
+    def remember_stream_url(self, call_control_id: str, url: str) -> None:
+        try:
+            self.directory.set_stream_url(call_control_id, url)
+        except redis.RedisError as exc:
+            logger.warning("[%s] could not keep the stream URL in Redis (%s); a takeover will use "
+                           "STREAM_WEBSOCKET_URL", call_control_id, exc)
+
     def first_time(self, webhook_id: str) -> bool:
         try:
             return self.directory.first_time(webhook_id)
@@ -195,6 +222,94 @@ class ClusterNode:
             views += items
         return views
 
+    # -- injections kept for a takeover ---------------------------------------------------------
+
+    def injection_saved(self, session: CallSession, inj: Injection, samples: np.ndarray | None) -> None:
+        """An injection was made or changed (request threads): in Redis before the answer, so
+        nothing acknowledged is lost with this node."""
+        if self.redis_error is not None:
+            return  # not waiting for a timeout per request: saved when Redis is back (_save_all)
+        state = dataclasses.asdict(inj)
+        try:
+            self.directory.save_injection(session.call_control_id, inj.id, state, _bytes(samples))
+        except redis.RedisError as exc:
+            # The call plays on; the heartbeat saves it again once Redis is back.
+            logger.warning("[%s] injection %s not kept in Redis: %s", session.call_control_id, inj.id, exc)
+
+    def _save_all(self) -> None:
+        """After an outage: every live injection of this node's calls, with its audio, again."""
+        for session in self.registry.sessions():
+            for inj in list(session.injections.values()):
+                if inj.active:
+                    self.directory.save_injection(session.call_control_id, inj.id, dataclasses.asdict(inj),
+                                                  _bytes(session.mixer.source(inj.id)))
+
+    def injection_updated(self, session: CallSession, inj: Injection) -> None:
+        """It started or finished (the clock's or the socket's thread): saved off that thread."""
+        self._work.put(lambda: self.injection_saved(session, inj, None))
+
+    def _resume(self, session: CallSession) -> None:
+        """The injections the call had on a node that died, resumed where they would be now."""
+        ccid = session.call_control_id
+        try:
+            kept = self.directory.injections(ccid)
+        except redis.RedisError as exc:
+            logger.warning("[%s] cannot read its injections from Redis: %s", ccid, exc)
+            return
+        rate = session.sample_rate
+        for state, audio in sorted(kept, key=lambda item: str(item[0].get("created_at"))):
+            if state.get("id") in session.injections or state.get("status") not in (
+                    InjectionStatus.CREATED, InjectionStatus.PLAYING) or audio is None:
+                continue
+            inj = Injection(**state)
+            inj.status = InjectionStatus(inj.status)
+            samples = np.frombuffer(audio, dtype=np.float32)
+            start_at = 0
+            if inj.started_at is not None:
+                start_at = max(0, round((time.time() - _unix(inj.started_at)) * rate))
+            if not inj.loop and start_at >= len(samples):
+                self.log.record("injection.finished", ccid, injection_id=inj.id, played_ms=inj.duration_ms,
+                                error=None, while_moving=True)
+                continue  # it would have finished meanwhile: not played again
+            session.resume_injection(inj, samples, start_at)
+
+    # -- failover (cluster-heartbeat) -------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Take over the calls of nodes whose lease ran out; several survivors share them out."""
+        if time.monotonic() < self._sweep_after:
+            return
+        for dead, calls in self.directory.orphans().items():
+            random.shuffle(calls)
+            for ccid in calls:
+                claim = self.directory.claim(ccid, orphan_of=dead)
+                if claim.outcome == "took":
+                    self._take_over(ccid, dead, claim.fence)
+
+    def _take_over(self, ccid: str, dead: str, fence: int) -> None:
+        self.log.record("call.taken_over", ccid, node=self.node_id, previous=dead, fence=fence)
+        logger.warning("[%s] node %s is gone: asking Telnyx to stream the call again", ccid, dead)
+        for state, audio in self.directory.injections(ccid):
+            if state.get("status") in (InjectionStatus.CREATED, InjectionStatus.PLAYING) and audio is not None:
+                self.log.record("injection.interrupted", ccid, injection_id=state.get("id"), node=dead)
+        if self.restream is None:
+            return
+        self.restream(ccid, fence, self.directory.stream_url(ccid), lambda: self._mark_ended(ccid))
+
+    def _let_go_of_taken_calls(self) -> None:
+        """This node's lease had run out: calls another node took meanwhile are not ours to play."""
+        sessions = {s.call_control_id: s for s in self.registry.sessions()}
+        if not sessions:
+            return
+        for ccid, owner in self.directory.owners(list(sessions)).items():
+            if owner is not None and owner != self.node_id:
+                session = sessions[ccid]
+                session.fenced()
+                self.registry.forget(session)
+                self.log.record("call.fenced", ccid, node=self.node_id, owner=owner)
+                logger.error("[%s] node %s took the call while this node was cut off; stopped sending",
+                             ccid, owner)
+
     # -- calls moving (cluster-worker; the handoff view) ----------------------------------------
 
     def stream_attached(self, session: CallSession, stream_id: str) -> None:
@@ -231,17 +346,17 @@ class ClusterNode:
             return
         self.log.record("call.owned", ccid, node=self.node_id, fence=claim.fence,
                         previous=claim.node if claim.outcome == "took" else None)
-        if previous is None:
-            return
-        target = f"/cluster/calls/{ccid}/handoff"  # forward() quotes it
-        try:
-            answer = self.forward(str(previous["url"]), "POST", target, "", (), b"")
-            state = json.loads(answer.body) if answer.status == 200 else {}
-        except (ClusterUnavailable, ValueError) as exc:
-            logger.error("[%s] node %s did not hand the call over: %s", ccid, claim.node, exc)
-            return
-        if state:
-            session.absorb(state)
+        if previous is not None:
+            target = f"/cluster/calls/{ccid}/handoff"  # forward() quotes it
+            try:
+                answer = self.forward(str(previous["url"]), "POST", target, "", (), b"")
+                state = json.loads(answer.body) if answer.status == 200 else {}
+            except (ClusterUnavailable, ValueError) as exc:
+                logger.error("[%s] node %s did not hand the call over: %s", ccid, claim.node, exc)
+                state = {}
+            if state:
+                session.absorb(state)
+        self._resume(session)
 
     def _mark_ended(self, call_control_id: str) -> None:
         try:
@@ -258,10 +373,17 @@ class ClusterNode:
 
     def _beat(self) -> None:
         try:
-            self.directory.heartbeat({"url": self.url, "started_at": self.started_at})
+            renewed = self.directory.heartbeat({"url": self.url, "started_at": self.started_at})
+            if not renewed and self._beats:
+                logger.error("this node's lease had run out: other nodes may have taken its calls")
+                self._let_go_of_taken_calls()
+            self._beats += 1
             if self.redis_error is not None:
                 # Back: Redis may have lost everything; this node's calls are its own again.
                 self.directory.reassert([s.call_control_id for s in self.registry.sessions()])
+                self._let_go_of_taken_calls()
+                self._save_all()
+                self._sweep_after = time.monotonic() + self.lease_ms / 1000
                 logger.warning("Redis is reachable again (was: %s)", self.redis_error)
                 self.log.record("node.redis_recovered", None, node=self.node_id)
                 self.redis_error = None
@@ -270,6 +392,7 @@ class ClusterNode:
                     if stream_id is not None:
                         self.stream_attached(session, stream_id)
                     self._unadopted.pop(ccid, None)
+            self._sweep()
         except redis.RedisError as exc:
             if self.redis_error is None:
                 logger.error("Redis is unreachable: %s; calls here keep playing", exc)
@@ -283,3 +406,12 @@ class ClusterNode:
             self._beat()
             if time.monotonic() - started > interval:
                 logger.warning("cluster heartbeat took %.1f s", time.monotonic() - started)
+
+
+def _unix(iso: str) -> float:
+    """The API's time format (ISO 8601 UTC with a Z) as Unix seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _bytes(samples: np.ndarray | None) -> bytes | None:
+    return samples.astype(np.float32).tobytes() if samples is not None else None

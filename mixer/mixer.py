@@ -216,10 +216,12 @@ class Mixer:
     # -- control (any thread) -------------------------------------------------------------------
 
     def add(self, key: str, samples: np.ndarray, *, gain_db: float = 0.0, loop: bool = False,
-            fade_in_ms: int = 0, fade_out_ms: int = 0, duck: bool = False) -> None:
+            fade_in_ms: int = 0, fade_out_ms: int = 0, duck: bool = False, start_at: int = 0) -> None:
         """Start playing float32 mono `samples` (at the stream rate) under `key`, from the next frame.
 
         A start (or a one-shot's end) that would click gets a short edge ramp (mixer.edges).
+        `start_at` > 0 resumes it that many samples in (every pass of a loop counts), rising from
+        silence over GAIN_RAMP_MS rather than starting mid-wave with a click.
         Raises ValueError for a key already playing, a gain outside -60..+12 dB, negative fades or
         samples that are not 1-D.
         """
@@ -232,6 +234,10 @@ class Mixer:
         track = _Track(arr, gain=gain, loop=loop, fade_in=self.geometry.ms_to_samples(fade_in_ms),
                        fade_out=self.geometry.ms_to_samples(fade_out_ms), duck=duck, crossfade=self._crossfade,
                        sample_rate=self.geometry.sample_rate)
+        if start_at > 0:
+            track.pos = start_at
+            track.level = _Ramp(0.0)
+            track.level.glide(gain, self._gain_ramp)
         with self._lock:
             if key in self._tracks:
                 raise ValueError(f"a track named {key!r} is already playing")
@@ -294,6 +300,12 @@ class Mixer:
         with self._lock:
             track = self._tracks.get(key)
             return track.samples if track is not None and track.pos == 0 and track.stop is None else None
+
+    def source(self, key: str) -> np.ndarray | None:
+        """The samples `key` plays, while it plays."""
+        with self._lock:
+            track = self._tracks.get(key)
+            return track.samples if track is not None else None
 
     def has_active(self) -> bool:
         with self._lock:

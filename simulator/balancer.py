@@ -70,11 +70,18 @@ class Balancer:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        backend = self.backends[self._pick()]
-        try:
-            upstream = socket.create_connection(backend, timeout=5)
-        except OSError as exc:
-            logger.warning("balancer: backend %s:%d refused: %s", *backend, exc)
+        first = self._pick()
+        upstream: socket.socket | None = None
+        # A backend that refuses (a dead node) is passed over for the next, as nginx's
+        # proxy_next_upstream does: the client only fails when every backend refuses.
+        for k in range(len(self.backends)):
+            backend = self.backends[(first + k) % len(self.backends)]
+            try:
+                upstream = socket.create_connection(backend, timeout=5)
+                break
+            except OSError as exc:
+                logger.warning("balancer: backend %s:%d refused: %s", *backend, exc)
+        if upstream is None:
             client.close()
             return
         upstream.settimeout(None)

@@ -491,7 +491,10 @@ class FakeTelnyx:
 
         async def stop() -> None:
             await stream.stop()
-            call._set_status("stopped")
+            with call._lock:
+                current = call.stream is stream
+            if current:  # a streaming_start may have replaced it while it was closing
+                call._set_status("stopped")
             self._webhook(call, "streaming.stopped", call._payload(stream_url=stream.params.url))
 
         self.engine.spawn(stop())

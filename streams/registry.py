@@ -11,15 +11,16 @@ from eventlog import EventLog
 from metrics import Metrics
 from mixer.pacer import PacerStats
 from streams.clock import MediaClock
-from streams.session import CallSession, SessionSettings
+from streams.session import CallSession, InjectionWatcher, SessionSettings
 from streams.status import CallStatus
 
 logger = logging.getLogger(__name__)
 RECENTLY_ENDED = 10_000
 
 
-class Watcher(Protocol):
-    """Told when a call's stream arrives here and when a call ends (cluster.node in scaled mode)."""
+class Watcher(InjectionWatcher, Protocol):
+    """Told when a call's stream arrives here, when a call ends, and of each call's injections
+    (cluster.node in scaled mode)."""
 
     def stream_attached(self, session: CallSession, stream_id: str) -> None: ...
 
@@ -62,6 +63,7 @@ class SessionRegistry:
             if call_control_id in self._ended:
                 return None, False
             session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
+            session.watcher = self.watcher
             self._by_call[call_control_id] = session
         # The call is known from here (its first webhook or, without one, its first `start`); its
         # media stream is logged as stream.started when Telnyx connects.

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,6 +73,12 @@ class Injection:
         return self.status not in TERMINAL
 
 
+class InjectionWatcher(Protocol):
+    def injection_saved(self, session: CallSession, inj: Injection, samples: np.ndarray | None) -> None: ...
+
+    def injection_updated(self, session: CallSession, inj: Injection) -> None: ...
+
+
 class CallSession:
     def __init__(self, call_control_id: str, settings: SessionSettings, log: EventLog,
                  metrics: Metrics, clock: MediaClock) -> None:
@@ -108,6 +114,10 @@ class CallSession:
         self.frames_sent = 0
         self.frames_received = 0
         self._moved = False  # handed to another node (moved())
+        # Told of each injection's changes, so another node can resume them (cluster/; set by
+        # the registry). injection_saved is called on request threads and may wait for Redis;
+        # injection_updated on the clock's and the socket's threads, and must not.
+        self.watcher: InjectionWatcher | None = None
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -154,6 +164,14 @@ class CallSession:
         with self._lock:
             self._moved = True
         self._clock.remove(self)
+
+    def fenced(self) -> None:
+        """Another node took the call while this one was cut off from Redis: stop sending at once."""
+        self.moved()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(CloseCode.NORMAL, "the call is owned by another node")
 
     # -- media socket (the socket's handler thread) -------------------------------------------
 
@@ -237,6 +255,8 @@ class CallSession:
             if inj is None or not inj.active:
                 return
             self._finish(inj, InjectionStatus.FINISHED, error=None)
+        if self.watcher is not None:
+            self.watcher.injection_updated(self, inj)
         self.save()
 
     # -- injections (request threads) ---------------------------------------------------------
@@ -263,6 +283,20 @@ class CallSession:
         if samples is not None:
             self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop,
                            fade_in_ms=inj.fade_in_ms, fade_out_ms=inj.fade_out_ms, duck=inj.duck)
+        if self.watcher is not None:  # playing already: the copy for another node is not on its way
+            self.watcher.injection_saved(self, inj, samples)
+        self.save()
+
+    def resume_injection(self, inj: Injection, samples: np.ndarray, start_at: int) -> None:
+        """An injection this call had on a node that died, resumed `start_at` samples in."""
+        with self._lock:
+            if inj.id in self.injections or not self.live:
+                return
+            self.injections[inj.id] = inj
+        self.mixer.add(inj.id, samples, gain_db=inj.gain_db, loop=inj.loop, fade_in_ms=inj.fade_in_ms,
+                       fade_out_ms=inj.fade_out_ms, duck=inj.duck, start_at=start_at)
+        self._log.record("injection.resumed", self.call_control_id, injection_id=inj.id,
+                         at_ms=start_at * 1000 // self.geometry.sample_rate)
         self.save()
 
     def set_gain(self, inj: Injection, gain_db: float) -> None:
@@ -272,6 +306,8 @@ class CallSession:
             self.mixer.set_gain(inj.id, gain_db)
         self._log.record("injection.gain_changed", self.call_control_id, injection_id=inj.id,
                          gain_db=gain_db)
+        if self.watcher is not None:
+            self.watcher.injection_saved(self, inj, None)
 
     def stop_injection(self, inj: Injection) -> None:
         with self._lock:
@@ -281,6 +317,8 @@ class CallSession:
             self._finish(inj, InjectionStatus.STOPPED, error=None)
         if inj.mode == "mix":
             self.mixer.stop(inj.id)
+        if self.watcher is not None:
+            self.watcher.injection_saved(self, inj, None)
         self.save()
 
     def clear(self) -> list[Injection]:
@@ -297,6 +335,9 @@ class CallSession:
         if conn is not None:
             conn.send(protocol.clear_frame())
         self._log.record("stream.cleared", self.call_control_id, stopped=len(stopped))
+        if self.watcher is not None:
+            for inj in stopped:
+                self.watcher.injection_saved(self, inj, None)
         self.save()
         return stopped
 
@@ -379,11 +420,13 @@ class CallSession:
 
     def _after_frame(self, conn: Sender, finished: tuple[str, ...]) -> None:
         marks = []
+        started = []
         with self._lock:
             for waiting in self._not_started:
                 if waiting.status == InjectionStatus.CREATED:
                     waiting.status = InjectionStatus.PLAYING
                     waiting.started_at = utc_now()
+                    started.append(waiting)
                     self._log.record("injection.playing", self.call_control_id, injection_id=waiting.id)
             self._not_started.clear()
             for key in finished:
@@ -395,6 +438,9 @@ class CallSession:
         for key in marks:
             # Named after the injection: Telnyx echoes it once the last frame has played.
             conn.send(protocol.mark_frame(key))
+        if self.watcher is not None:
+            for inj in started:
+                self.watcher.injection_updated(self, inj)
 
     # -- views ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from runtime import Runtime
@@ -18,6 +19,41 @@ from streams.status import CallStatus, InjectionStatus
 from webhooks.events import WebhookEvent
 
 logger = logging.getLogger(__name__)
+CALL_ENDED = "90018"  # Telnyx's code for a command on a call that has ended
+
+
+def stream_params(rt: Runtime, call_control_id: str, stream_url: str) -> dict[str, Any]:
+    c = rt.config
+    return {
+        "stream_url": stream_url,
+        "stream_track": c.STREAM_TRACK,
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": c.STREAM_CODEC,
+        "stream_bidirectional_sampling_rate": c.STREAM_SAMPLE_RATE,
+        "stream_bidirectional_target_legs": c.STREAM_TARGET_LEGS,
+        # Always: no media socket is ever unauthenticated (streams.auth).
+        "stream_auth_token": rt.stream_auth.token_for(call_control_id),
+    }
+
+
+def restream(rt: Runtime, call_control_id: str, fence: int, stream_url: str | None,
+             on_ended: Callable[[], None]) -> None:
+    """A call whose node died: Telnyx streams it again, to `stream_url` (where it streamed
+    before) or STREAM_WEBSOCKET_URL. One bidirectional stream per call, so the old one is
+    stopped first; the fence makes the command ids new (Telnyx ignores repeated ones)."""
+    url = stream_url or rt.config.STREAM_WEBSOCKET_URL
+    if not url:
+        rt.log.record("stream.not_restarted", call_control_id, reason="no stream URL known")
+        return
+
+    def done(ok: bool, error: str | None) -> None:
+        if not ok and error is not None and CALL_ENDED in error:
+            rt.log.record("stream.ended", call_control_id, reason="the call ended while its node was gone")
+            on_ended()
+
+    rt.commands.submit("streaming_stop", call_control_id, command_id=f"streaming_stop-{call_control_id}-{fence}")
+    rt.commands.submit("streaming_start", call_control_id, command_id=f"streaming_start-{call_control_id}-{fence}",
+                       on_done=done, **stream_params(rt, call_control_id, url))
 
 
 class CallFlow:
@@ -75,19 +111,11 @@ class CallFlow:
         if session.status not in (CallStatus.ANSWERING, CallStatus.ANSWERED):
             return  # already streaming (or reconnecting): a second streaming_start would replace it
         session.set_status(CallStatus.ANSWERED)
-        c = self.rt.config
-        params: dict[str, Any] = {
-            "stream_url": self.stream_url,
-            "stream_track": c.STREAM_TRACK,
-            "stream_bidirectional_mode": "rtp",
-            "stream_bidirectional_codec": c.STREAM_CODEC,
-            "stream_bidirectional_sampling_rate": c.STREAM_SAMPLE_RATE,
-            "stream_bidirectional_target_legs": c.STREAM_TARGET_LEGS,
-            # Always: no media socket is ever unauthenticated (streams.auth).
-            "stream_auth_token": self.rt.stream_auth.token_for(event.call_control_id),
-        }
+        if self.rt.cluster is not None:  # where a survivor asks Telnyx to stream it if this node dies
+            self.rt.cluster.remember_stream_url(event.call_control_id, self.stream_url)
         self.rt.commands.submit("streaming_start", event.call_control_id,
-                                command_id=f"streaming_start-{event.call_control_id}", **params)
+                                command_id=f"streaming_start-{event.call_control_id}",
+                                **stream_params(self.rt, event.call_control_id, self.stream_url))
 
     def streaming_started(self, event: WebhookEvent) -> None:
         self.rt.log.record("stream.telnyx_started", event.call_control_id,
