@@ -119,6 +119,8 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     "server.stopped".
     """
     rt: Runtime = app.extensions["mixer_runtime"]
+    if rt.cluster is not None:
+        rt.cluster.leave()  # the calls still here are the other nodes' to take over, not ended
     rt.registry.shutdown()
     if door is not None:
         door.stop()
@@ -218,6 +220,10 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+    rt: Runtime = app.extensions["mixer_runtime"]
+    if rt.cluster is not None:  # a rolling deploy: the calls move to other nodes first
+        door.stop_accepting()
+        rt.cluster.drain(cfg.DRAIN_TIMEOUT_S)
     # Calls first (marked interrupted), then the sockets and the HTTP pool, then the log.
     shutdown(app, door)
 

@@ -68,6 +68,7 @@ class Config:
     CLUSTER_PORT: int = 0
     CLUSTER_ADVERTISE_URL: str = ""
     NODE_LEASE_MS: int = 3000
+    DRAIN_TIMEOUT_S: float = 30.0
     WORKERS: int = 1
 
     @property
@@ -128,6 +129,7 @@ class Config:
         need(not self.CLUSTER_ADVERTISE_URL or self.CLUSTER_ADVERTISE_URL.startswith(("http://", "https://")),
              "CLUSTER_ADVERTISE_URL", "must be an http:// URL other nodes can reach")
         need(self.NODE_LEASE_MS >= 1000, "NODE_LEASE_MS", "must be at least 1000")
+        need(0 <= self.DRAIN_TIMEOUT_S <= 3600, "DRAIN_TIMEOUT_S", "must be within 0..3600")
         need(1 <= self.WORKERS <= 256, "WORKERS", "must be within 1..256")
         need(self.WORKERS == 1 or bool(self.REDIS_URL), "WORKERS",
              "more than 1 needs REDIS_URL, DATABASE_URL and CLUSTER_SECRET: the worker processes are nodes "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import queue
@@ -50,8 +51,11 @@ ENDED = "ended"
 # A node that cannot list its calls within this fails the cluster-wide list (503), rather than
 # holding it up for as long as a relayed inject may take (it may download audio).
 GATHER_TIMEOUT_S = 3.0
-# restream(call_control_id, fence, stream_url, on_ended): ask Telnyx to stream the call again.
-Restream = Callable[[str, int, str | None, Callable[[], None]], None]
+# restream(call_control_id, attempt, stream_url, on_ended): ask Telnyx to stream the call again;
+# `attempt` makes the command ids new (the fence of a takeover, or "drain").
+Restream = Callable[[str, str, str | None, Callable[[], None]], None]
+DRAIN_POLL_S = 0.05
+DRAIN_RECHECK_S = 0.5
 
 
 class ClusterUnavailable(Exception):
@@ -89,6 +93,7 @@ class ClusterNode:
         self._threads: list[threading.Thread] = []
         self._gather = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cluster-gather")
         self._beats = 0
+        self.draining = False
         # Not before then: after an outage of its own, a node gives the others one lease to renew
         # theirs, rather than taking the calls of nodes that were only cut off like itself.
         self._sweep_after = 0.0
@@ -119,6 +124,59 @@ class ClusterNode:
     @property
     def healthy(self) -> bool:
         return self.redis_error is None
+
+    def drain(self, timeout_s: float) -> int:
+        """SIGTERM: hand every call here to another node, as a dying node's would be but at once,
+        and wait (at most `timeout_s`) until none is left. The public listener is closed first
+        (the caller's job), so the new streams reach other nodes; each takes its call over from
+        this one (handoff) and resumes it. Returns how many calls did not move."""
+        self.draining = True
+        self._beat()  # the others see it draining now, and do not send it calls
+        sessions = self.registry.sessions()
+        self.log.record("node.draining", None, node=self.node_id, calls=len(sessions))
+        if not self._others_taking_calls():  # the whole server is stopping: nowhere to move them
+            logger.warning("draining: no other node takes calls; %d call(s) stop here", len(sessions))
+            self.log.record("node.drained", None, node=self.node_id, calls_left=len(sessions))
+            return len(sessions)
+        logger.warning("draining: moving %d call(s) to other nodes", len(sessions))
+        for session in sessions:
+            ccid = session.call_control_id
+            try:
+                url = self.directory.stream_url(ccid)
+            except redis.RedisError as exc:
+                logger.error("[%s] cannot move the call while Redis is unreachable: %s", ccid, exc)
+                continue
+            if self.restream is not None:
+                self.restream(ccid, f"drain-{self.node_id}", url, functools.partial(self._mark_ended, ccid))
+        deadline = time.monotonic() + timeout_s
+        next_look = time.monotonic() + DRAIN_RECHECK_S
+        while self.registry.sessions() and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_S)
+            if time.monotonic() >= next_look:  # the others may be stopping too
+                next_look += DRAIN_RECHECK_S
+                if not self._others_taking_calls():
+                    break
+        left = len(self.registry.sessions())
+        self.log.record("node.drained", None, node=self.node_id, calls_left=left)
+        return left
+
+    def _others_taking_calls(self) -> bool:
+        try:
+            nodes = self.directory.nodes()
+        except redis.RedisError:
+            return False
+        return any(not info.get("draining") for node, info in nodes.items() if node != self.node_id)
+
+    def leave(self) -> None:
+        """This node stops: its calls are no longer ended here but left to the others, which take
+        them over at once, since the lease goes now rather than when it runs out."""
+        self._stop.set()  # no heartbeat renews the lease after this
+        for thread in self._threads:
+            if thread.name == "cluster-heartbeat":
+                thread.join(5)
+        self.registry.watcher = None
+        with contextlib.suppress(redis.RedisError):
+            self.directory.leave()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         try:
@@ -232,6 +290,10 @@ class ClusterNode:
         state = dataclasses.asdict(inj)
         try:
             self.directory.save_injection(session.call_control_id, inj.id, state, _bytes(samples))
+            # It may have started meanwhile, and the worker written that before this older copy.
+            while (now := dataclasses.asdict(inj)) != state:
+                state = now
+                self.directory.save_injection(session.call_control_id, inj.id, state)
         except redis.RedisError as exc:
             # The call plays on; the heartbeat saves it again once Redis is back.
             logger.warning("[%s] injection %s not kept in Redis: %s", session.call_control_id, inj.id, exc)
@@ -294,7 +356,7 @@ class ClusterNode:
                 self.log.record("injection.interrupted", ccid, injection_id=state.get("id"), node=dead)
         if self.restream is None:
             return
-        self.restream(ccid, fence, self.directory.stream_url(ccid), lambda: self._mark_ended(ccid))
+        self.restream(ccid, str(fence), self.directory.stream_url(ccid), lambda: self._mark_ended(ccid))
 
     def _let_go_of_taken_calls(self) -> None:
         """This node's lease had run out: calls another node took meanwhile are not ours to play."""
@@ -346,6 +408,7 @@ class ClusterNode:
             return
         self.log.record("call.owned", ccid, node=self.node_id, fence=claim.fence,
                         previous=claim.node if claim.outcome == "took" else None)
+        self._resume(session)  # first: what the handoff brings without its audio is here by then
         if previous is not None:
             target = f"/cluster/calls/{ccid}/handoff"  # forward() quotes it
             try:
@@ -356,7 +419,6 @@ class ClusterNode:
                 state = {}
             if state:
                 session.absorb(state)
-        self._resume(session)
 
     def _mark_ended(self, call_control_id: str) -> None:
         try:
@@ -373,7 +435,8 @@ class ClusterNode:
 
     def _beat(self) -> None:
         try:
-            renewed = self.directory.heartbeat({"url": self.url, "started_at": self.started_at})
+            renewed = self.directory.heartbeat({"url": self.url, "started_at": self.started_at,
+                                                "draining": self.draining})
             if not renewed and self._beats:
                 logger.error("this node's lease had run out: other nodes may have taken its calls")
                 self._let_go_of_taken_calls()

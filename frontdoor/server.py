@@ -150,6 +150,7 @@ class FrontDoor:
         self._stats_lock = threading.Lock()
         self._http: dict[int, _HttpConn] = {}
         self._stopping = threading.Event()
+        self._refusing = False  # stop_accepting() was called: the listener is closed, connections stay
         # Out of descriptors: the listener is off the selector until then.
         self._accept_resume_at: float | None = None
         self._accept_failed_at = -1  # accept_failures when the current episode began; -1: none
@@ -222,6 +223,13 @@ class FrontDoor:
 
     # -- cross-thread signalling ---------------------------------------------------------------
 
+    def stop_accepting(self) -> None:
+        """Close the listener (any thread), keeping every open connection: new connections are
+        refused, or with SO_REUSEPORT go to the other processes on the port. A node draining
+        for a deploy stops taking new calls this way while its calls move away."""
+        self._refusing = True
+        self.wake()
+
     def wake(self) -> None:
         """Make the loop look at its inbox and its timer again soon (any thread)."""
         with contextlib.suppress(BlockingIOError, OSError):
@@ -241,6 +249,11 @@ class FrontDoor:
             while self._wake_r.recv(4096):
                 pass
         self._wake_sent = False
+        if self._refusing and self._listener.fileno() >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._control.unregister(self._listener)
+            self._accept_resume_at = None
+            self._listener.close()
         inbox = self._inbox
         while inbox:
             conn = inbox.popleft()

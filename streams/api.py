@@ -33,8 +33,11 @@ def health() -> tuple[Response, int]:
     problems = [] if rt.log.healthy else [f"event log cannot write: {rt.log.last_error or 'writer stopped'}"]
     if rt.cluster is not None and not rt.cluster.healthy:
         problems.append(f"Redis is unreachable: {rt.cluster.redis_error}")
+    draining = rt.cluster is not None and rt.cluster.draining
+    if draining:  # a load balancer checking /health sends this node nothing new
+        problems.append("draining: this node is moving its calls to others before it stops")
     body: dict[str, Any] = {
-        "status": "degraded" if problems else "ok",
+        "status": "draining" if draining else "degraded" if problems else "ok",
         "uptime_seconds": round(time.monotonic() - rt.started, 3),
         "active_sessions": len(rt.registry.sessions()),
         "version": VERSION,

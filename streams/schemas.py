@@ -323,11 +323,11 @@ class Error(Answer):
 
 
 class Health(Answer):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "draining"]
     uptime_seconds: float
     active_sessions: int
     version: str
-    reason: str | None = Field(None, description="Why the server is degraded.")
+    reason: str | None = Field(None, description="Why the server is degraded or draining.")
     node: str | None = Field(None, description="Scaled mode: this node's id.")
     nodes: list[str] | None = Field(None, description="Scaled mode: the nodes alive (null while Redis is "
                                     "unreachable).")

@@ -517,6 +517,9 @@ class CallSession:
             inj = Injection(**item)
             inj.status = InjectionStatus(inj.status)
             samples = np.frombuffer(base64.b64decode(encoded), dtype=np.float32) if encoded else None
+            if samples is None and inj.active and inj.mode == "mix":
+                # Playing there, and its audio could not be found to resume it here.
+                inj.status, inj.error, inj.ended_at = InjectionStatus.FAILED, "lost when the call moved", utc_now()
             with self._lock:
                 if inj.id in self.injections:
                     continue

@@ -36,11 +36,11 @@ def stream_params(rt: Runtime, call_control_id: str, stream_url: str) -> dict[st
     }
 
 
-def restream(rt: Runtime, call_control_id: str, fence: int, stream_url: str | None,
+def restream(rt: Runtime, call_control_id: str, attempt: str, stream_url: str | None,
              on_ended: Callable[[], None]) -> None:
-    """A call whose node died: Telnyx streams it again, to `stream_url` (where it streamed
-    before) or STREAM_WEBSOCKET_URL. One bidirectional stream per call, so the old one is
-    stopped first; the fence makes the command ids new (Telnyx ignores repeated ones)."""
+    """A call whose node died or drains: Telnyx streams it again, to `stream_url` (where it
+    streamed before) or STREAM_WEBSOCKET_URL. One bidirectional stream per call, so the old one
+    is stopped first; `attempt` makes the command ids new (Telnyx ignores repeated ones)."""
     url = stream_url or rt.config.STREAM_WEBSOCKET_URL
     if not url:
         rt.log.record("stream.not_restarted", call_control_id, reason="no stream URL known")
@@ -51,8 +51,8 @@ def restream(rt: Runtime, call_control_id: str, fence: int, stream_url: str | No
             rt.log.record("stream.ended", call_control_id, reason="the call ended while its node was gone")
             on_ended()
 
-    rt.commands.submit("streaming_stop", call_control_id, command_id=f"streaming_stop-{call_control_id}-{fence}")
-    rt.commands.submit("streaming_start", call_control_id, command_id=f"streaming_start-{call_control_id}-{fence}",
+    rt.commands.submit("streaming_stop", call_control_id, command_id=f"streaming_stop-{call_control_id}-{attempt}")
+    rt.commands.submit("streaming_start", call_control_id, command_id=f"streaming_start-{call_control_id}-{attempt}",
                        on_done=done, **stream_params(rt, call_control_id, url))
 
 

@@ -27,7 +27,7 @@ from simulator.balancer import Balancer
 SECRET = "s3cret-of-the-failover-test"
 RATE = 8000
 STEP_S = 1.0
-STEPS = [400 + 100 * i for i in range(14)]  # the announcement: 14 s, a new pitch every second
+STEPS = [400 + 100 * i for i in range(20)]  # the announcement: 20 s, a new pitch every second
 
 
 class Nodes:
@@ -105,11 +105,30 @@ def _longest_silence(pcm: np.ndarray) -> tuple[int, int]:
     return int(starts[k]), int(ends[k] - starts[k])
 
 
+def _assert_on_the_announcement_s_clock(heard: np.ndarray, *, min_gap_s: float, max_gap_s: float) -> int:
+    """The announcement's own clock ran on through the gap: after it, each second plays the pitch
+    of that second of the announcement, counted from where it began, not from where it stopped.
+    Returns where it resumed (a sample of `heard`)."""
+    begin = int(np.flatnonzero(np.abs(heard.astype(np.int32)) > 1000)[0])
+    while abs(dominant_hz(heard[begin:begin + 400], RATE) - STEPS[0]) > 30:
+        begin += 80  # past a short tone before it, to the announcement's first pitch
+    gap_start, gap = _longest_silence(heard[begin:begin + len(STEPS) * RATE])
+    assert min_gap_s * RATE <= gap < max_gap_s * RATE, f"a gap of {gap / RATE:.2f} s"
+    resumed_at = begin + gap_start + gap
+    later = [i for i in range(len(STEPS)) if begin + i * RATE >= resumed_at + 0.3 * RATE]
+    profile = [round(dominant_hz(heard[k:k + 800], RATE)) for k in range(begin, len(heard) - 800, 800)]
+    assert len(later) >= 3, f"no time left after the gap ({gap_start / RATE:.2f} s + {gap / RATE:.2f} s): {profile}"
+    for i in later[:-1]:
+        middle = begin + int((i + 0.5) * RATE)
+        assert abs(dominant_hz(heard[middle - 1200:middle + 1200], RATE) - STEPS[i]) < 30, f"second {i}: {profile}"
+    return resumed_at
+
+
 def test_a_killed_node_s_call_resumes_on_a_survivor_where_it_would_be_now(telnyx, nodes):
     calls = _two_calls_on_b_and_c(telnyx, nodes)
     victim, bystander = calls["b"], calls["c"]
     _inject(nodes, bystander, {"tone": {"frequency_hz": 700, "duration_ms": 400}, "loop": True})
-    short = _inject(nodes, victim, {"tone": {"frequency_hz": 2000, "duration_ms": 300}})
+    short = _inject(nodes, victim, {"tone": {"frequency_hz": 3000, "duration_ms": 300}})
     wait_until(lambda: httpx.get(f"{nodes.a}/streams/{victim.call_control_id}/injections/{short['id']}")
                .json()["status"] == "finished", what="the short tone played out")
     speech = _inject(nodes, victim, {"audio_base64": base64.b64encode(wav_bytes(_announcement())).decode()})
@@ -125,33 +144,23 @@ def test_a_killed_node_s_call_resumes_on_a_survivor_where_it_would_be_now(telnyx
     wait_until(lambda: httpx.get(f"{nodes.a}/streams/{victim.call_control_id}/injections/{speech['id']}")
                .json()["status"] == "finished", timeout=30, what="the announcement to end")
     heard = victim.heard_pcm()
-
-    # The announcement's own clock ran on through the gap: after it, each second plays the pitch
-    # of that second of the announcement, counted from where it began, not from where it stopped.
-    begin = int(np.flatnonzero(np.abs(heard.astype(np.int32)) > 1000)[0])
-    while abs(dominant_hz(heard[begin:begin + 400], RATE) - STEPS[0]) > 30:
-        begin += 80  # past the short 2000 Hz tone, to the announcement's first pitch
-    gap_start, gap = _longest_silence(heard[begin:])
-    assert 0.5 * RATE < gap < 8 * RATE, f"a gap of {gap / RATE:.2f} s"
-    resumed_at = begin + gap_start + gap
-    later = [i for i in range(len(STEPS)) if begin + i * RATE >= resumed_at + 0.3 * RATE]
-    assert len(later) >= 3, "the announcement should have time left after the gap"
-    for i in later[:-1]:
-        middle = begin + int((i + 0.5) * RATE)
-        assert abs(dominant_hz(heard[middle - 1200:middle + 1200], RATE) - STEPS[i]) < 30, f"second {i}"
+    resumed_at = _assert_on_the_announcement_s_clock(heard, min_gap_s=0.5, max_gap_s=12)
     # The short tone that had finished is not played again.
     after = heard[resumed_at:]
     windows = [after[k:k + 800] for k in range(0, len(after) - 800, 800)]
-    assert all(abs(dominant_hz(w, RATE) - 2000) > 100 for w in windows if np.abs(w).max() > 1000)
+    assert all(abs(dominant_hz(w, RATE) - 3000) > 100 for w in windows if np.abs(w).max() > 1000)
 
-    names = [(e["event"], e["data"].get("injection_id")) for e in nodes.events(victim)]
+    events = nodes.events(victim)
+    names = [(e["event"], e["data"].get("injection_id")) for e in events]
     assert ("call.taken_over", None) in names
-    assert names.index(("injection.interrupted", speech["id"])) < names.index(("injection.resumed", speech["id"]))
+    # Logged by two nodes: in the order they happened, not necessarily in the order they were written.
+    at = {name: e["at"] for name, e in zip(names, events, strict=True)}
+    assert at[("injection.interrupted", speech["id"])] <= at[("injection.resumed", speech["id"])]
     assert ("injection.interrupted", short["id"]) not in names
     # The bystander on node c never stopped.
     other = bystander.heard_pcm()
     _, quiet = _longest_silence(other[int(np.flatnonzero(np.abs(other.astype(np.int32)) > 1000)[0]):])
-    assert quiet < 0.1 * RATE, f"the bystander was silent for {quiet / RATE:.2f} s"
+    assert quiet < 0.5 * RATE, f"the bystander was silent for {quiet / RATE:.2f} s"  # (bench_failover counts late frames)
     # Exactly one node has each call.
     items = httpx.get(f"{nodes.a}/streams").json()["items"]
     assert sorted((i["call_control_id"], i["node"]) for i in items) == sorted(
@@ -180,3 +189,24 @@ def test_a_frozen_node_is_fenced_when_it_wakes(telnyx, nodes):
     local = httpx.get(f"{b.url}/streams", params={"status": "active"}).json()["items"]
     assert victim.call_control_id not in [i["call_control_id"] for i in local if i.get("node", "b") == "b"]
     wait_until(lambda: abs(dominant_hz(victim.heard_pcm()[-800:], RATE) - 600) < 30, what="the tone, from c")
+
+
+def test_a_node_stopped_for_a_deploy_hands_its_calls_over_first(telnyx, nodes):
+    calls = _two_calls_on_b_and_c(telnyx, nodes)
+    victim = calls["b"]
+    speech = _inject(nodes, victim, {"audio_base64": base64.b64encode(wav_bytes(_announcement())).decode()})
+    wait_until(lambda: len(victim.heard_pcm()) > 2 * RATE and
+               abs(dominant_hz(victim.heard_pcm()[-800:], RATE) - STEPS[2]) < 30, timeout=15,
+               what="the announcement's third second")
+    b = nodes.nodes["b"]
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(30) == 0
+    assert nodes.owner(victim) == "c"
+    wait_until(lambda: httpx.get(f"{nodes.a}/streams/{victim.call_control_id}/injections/{speech['id']}")
+               .json()["status"] == "finished", timeout=30, what="the announcement to end")
+    # Handed over while b still lived: a short gap, not a lease's worth.
+    _assert_on_the_announcement_s_clock(victim.heard_pcm(), min_gap_s=0, max_gap_s=1.5)
+    names = [e["event"] for e in nodes.events(victim)]
+    assert "call.moved" in names and "call.taken_over" not in names
+    drained = [e["data"] for e in httpx.get(f"{nodes.a}/stream-log", params={"event": "node.drained"}).json()["items"]]
+    assert drained == [{"node": "b", "calls_left": 0}]
