@@ -375,18 +375,27 @@ class CallSession:
             changed = on != self.record
             self.record = on
             rec = self.recording
+            switched = rec is not None and changed and not rec.closing  # a finished one stays so
             if rec is None and on and self._conn is not None:
                 self._start_recording()
-            elif rec is not None and changed and not rec.closing:
+            elif switched:
+                assert rec is not None
                 rec.enabled = on
-        if rec is not None and changed:
+        if switched:
             self._log.record("recording.resumed" if on else "recording.paused", self.call_control_id)
         self.save()
 
     def _start_recording(self) -> None:
         """Caller holds _lock. In memory only: the writer thread creates the file."""
         assert self._recordings is not None
-        self.recording = self._recordings.open(self.call_control_id, self.geometry.sample_rate, on_done=self.save)
+        self.recording = self._recordings.open(self.call_control_id, self.geometry.sample_rate,
+                                               on_done=self._recording_done)
+
+    def _recording_done(self) -> None:
+        """The writer finished the file: the history shows it complete (unless the call lives
+        on another node now, whose view is the newer one)."""
+        if not self._moved:
+            self.save()
 
     def recording_view(self) -> dict[str, Any] | None:
         rec = self.recording

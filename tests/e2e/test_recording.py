@@ -261,3 +261,20 @@ def longest_run(mask: np.ndarray) -> tuple[int, int]:
             best = max(best, (start, i), key=lambda run: run[1] - run[0])
             start = None
     return best
+
+
+def test_stopping_the_server_finishes_its_recordings(telnyx: FakeTelnyx, tmp_path, media_dir) -> None:
+    from livecall import start_server
+    from streams.recording import read_wav
+
+    server = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, RECORDING=True)
+    call = telnyx.place_call(caller_audio=caller_noise())
+    call.wait_streaming(timeout=10)
+    wait_until(lambda: call.media.caller_pos >= 50 * SLOT, what="a second of the caller")
+    path = server.app.extensions["mixer_runtime"].recordings.path(call.call_control_id)
+    server.stop()  # SIGTERM's path: the call is interrupted, its recording finished
+    data = path.read_bytes()
+    assert read_wav(path) == data  # the header has its final sizes
+    pcm, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
+    assert rate == RATE
+    assert_caller_channel(pcm, call, at_least=40 * SLOT)
