@@ -387,6 +387,9 @@ class Recordings:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            if self._thread.is_alive():  # stuck on the disk: two writers on one file would be worse
+                logger.error("the recording writer did not stop within 30 s; recordings are left unfinished")
+                return
             self._thread = None
         self.run_once()  # whatever the thread left, on this thread: it is gone
 
