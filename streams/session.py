@@ -192,10 +192,11 @@ class CallSession:
             self.started_at = self.started_at or utc_now()
             self.info["from"] = self.info.get("from") or start.from_number
             self.info["to"] = self.info.get("to") or start.to_number
+            rec = self.recording
+            if rec is not None and not rec.closing and codec.sample_rate != rec.sample_rate:
+                rec.close("the stream's sample rate changed; the rest is not recorded")  # one file, one rate
+                self.record = False
             if fmt.sample_rate != self.geometry.sample_rate:
-                if self.recording is not None:  # one file, one rate: it ends here
-                    self.recording.close("the stream's sample rate changed; the rest is not recorded")
-                    self.record = False
                 # Sources were decoded at the configured rate; Telnyx chose another one.
                 self.geometry = FrameGeometry(fmt.sample_rate, self.settings.frame_ms)
                 self.frame_samples = self.geometry.samples_per_frame
@@ -388,7 +389,8 @@ class CallSession:
     def _start_recording(self) -> None:
         """Caller holds _lock. In memory only: the writer thread creates the file."""
         assert self._recordings is not None
-        self.recording = self._recordings.open(self.call_control_id, self.geometry.sample_rate,
+        # The codec's rate: the one its decoded samples have (Telnyx's nominal rate may differ).
+        self.recording = self._recordings.open(self.call_control_id, self._codec.sample_rate,
                                                on_done=self._recording_done)
 
     def _recording_done(self) -> None:

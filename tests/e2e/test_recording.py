@@ -16,10 +16,11 @@ import pytest
 import soundfile as sf
 
 from livecall import LiveServer, connected_call, inject, wait_injection, wait_until, wav_bytes
+from mixer.geometry import FRAME_MS
 from simulator import CallerAudio, FakeTelnyx, SimCall, g711
 
 RATE = 8000
-SLOT = RATE // 50  # one 20 ms frame
+SLOT = RATE * FRAME_MS // 1000  # one frame at 8 kHz
 
 
 def noise(seed: int, samples: int, level: float = 3000) -> np.ndarray:
@@ -33,30 +34,46 @@ def caller_noise() -> CallerAudio:
     return CallerAudio.from_pcm(noise(11, 3 * RATE, 2500).astype(np.float32) / 32768, RATE, loop=True)
 
 
+def media(call: SimCall) -> tuple[str, int]:
+    """The call's encoding and rate, as the simulator streams them."""
+    params = call.stream_params
+    assert params is not None
+    return params.media_encoding, params.media_rate
+
+
+def slot(call: SimCall) -> int:
+    return media(call)[1] * FRAME_MS // 1000
+
+
 def download(server: LiveServer, call: SimCall) -> tuple[bytes, np.ndarray]:
     answer = server.http.get(f"/streams/{call.call_control_id}/recording")
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "audio/wav"
     assert answer.headers["content-disposition"].startswith('attachment; filename="recording-')
     pcm, rate = sf.read(io.BytesIO(answer.content), dtype="int16", always_2d=True)
-    assert rate == RATE and pcm.shape[1] == 2
+    assert rate == media(call)[1] and pcm.shape[1] == 2
     return answer.content, pcm
 
 
-def sent_frames(pcm: np.ndarray) -> np.ndarray:
+def sent_frames(pcm: np.ndarray, size: int = SLOT) -> np.ndarray:
     """The "sent" channel's frames that carry sound, in order (we send nothing when idle)."""
-    frames = pcm[: len(pcm) // SLOT * SLOT, 1].reshape(-1, SLOT)
+    frames = pcm[: len(pcm) // size * size, 1].reshape(-1, size)
     return frames[frames.any(axis=1)].reshape(-1)
+
+
+def round_trip(pcm: np.ndarray, encoding: str) -> np.ndarray:
+    """`pcm` through the wire codec and back, by the simulator's own implementation."""
+    return g711.decode(g711.encode(pcm, encoding), encoding)
 
 
 def received(call: SimCall) -> np.ndarray:
     """What the simulator received from the server, decoded by the simulator."""
-    return g711.decode(b"".join(payload for _, payload in call.received), "PCMU")
+    return g711.decode(b"".join(payload for _, payload in call.received), media(call)[0])
 
 
 def caller_sent(call: SimCall) -> np.ndarray:
     """What the simulator sent as the caller, decoded by the simulator."""
-    return g711.decode(g711.encode(call.caller_pcm(), "PCMU"), "PCMU")
+    return round_trip(call.caller_pcm(), media(call)[0])
 
 
 def assert_caller_channel(pcm: np.ndarray, call: SimCall, *, at_least: int) -> None:
@@ -66,7 +83,7 @@ def assert_caller_channel(pcm: np.ndarray, call: SimCall, *, at_least: int) -> N
     loud = np.flatnonzero(channel)
     assert len(loud), "no caller audio recorded"
     start, end = int(loud[0]), int(loud[-1]) + 1
-    assert start % SLOT == 0  # the first frame sits on a media clock slot
+    assert start % slot(call) == 0  # the first frame sits on a media clock slot
     expected = caller_sent(call)
     assert end - start >= at_least
     assert np.array_equal(channel[start:end], expected[: end - start])
@@ -76,38 +93,42 @@ def recording_of(server: LiveServer, call: SimCall) -> dict:
     return server.http.get(f"/streams/{call.call_control_id}").json()["recording"]
 
 
-def test_both_channels_are_bit_exact_and_a_download_during_the_call_is_a_prefix(telnyx: FakeTelnyx,
-                                                                                 make_server_) -> None:
-    server = make_server_(RECORDING=True)
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU", 8000), ("L16", 16000)])
+def test_both_channels_are_bit_exact_and_a_download_during_the_call_is_a_prefix(telnyx: FakeTelnyx, make_server_,
+                                                                                 codec: str, rate: int) -> None:
+    server = make_server_(RECORDING=True, STREAM_CODEC=codec, STREAM_SAMPLE_RATE=rate)
     call = telnyx.place_call(caller_audio=caller_noise())
     call.wait_streaming(timeout=10)
     wait_until(lambda: server.http.get(f"/streams/{call.call_control_id}").json().get("status") == "streaming",
                what="streaming")
+    assert media(call) == (codec, rate)
     assert recording_of(server, call)["status"] == "recording"
-    source = noise(7, RATE)
-    inj = inject(server, call, {"audio_base64": base64.b64encode(wav_bytes(source)).decode()})
+    size = slot(call)
+    source = noise(7, rate)
+    inj = inject(server, call, {"audio_base64": base64.b64encode(wav_bytes(source, rate)).decode()})
     wait_injection(server, call, inj["id"], "finished")
 
     # While the call runs: a valid WAV of what is written so far, once the injection is in it.
     def partial_with_the_injection() -> tuple[bytes, np.ndarray] | None:
         data, pcm = download(server, call)
-        return (data, pcm) if len(sent_frames(pcm)) >= len(source) else None
+        return (data, pcm) if len(sent_frames(pcm, size)) >= len(source) else None
 
     during, during_pcm = wait_until(partial_with_the_injection, timeout=20, what="the injection in the file")
-    assert np.array_equal(sent_frames(during_pcm), received(call)[: len(sent_frames(during_pcm))])
-    assert_caller_channel(during_pcm, call, at_least=RATE)
+    so_far = sent_frames(during_pcm, size)
+    assert np.array_equal(so_far, received(call)[: len(so_far)])
+    assert_caller_channel(during_pcm, call, at_least=rate)
 
     call.hangup()
     wait_until(lambda: recording_of(server, call)["status"] == "complete", timeout=15, what="recording complete")
     final, pcm = download(server, call)
     info = recording_of(server, call)
-    assert info["duration_ms"] == len(pcm) * 1000 // RATE and info["gaps"] == 0 and info["frames_dropped"] == 0
-    assert info["channels"] == ["caller", "sent"] and info["sample_rate"] == RATE
+    assert info["duration_ms"] == len(pcm) * 1000 // rate and info["gaps"] == 0 and info["frames_dropped"] == 0
+    assert info["channels"] == ["caller", "sent"] and info["sample_rate"] == rate
 
     # Sent: every frame the simulator received, in order, bit for bit, and nothing else.
     arrived = received(call)
-    assert np.array_equal(sent_frames(pcm), arrived)
-    assert np.array_equal(arrived[: len(source)], g711.decode(g711.encode(source, "PCMU"), "PCMU"))
+    assert np.array_equal(sent_frames(pcm, size), arrived)
+    assert np.array_equal(arrived[: len(source)], round_trip(source, codec))
     # Caller: everything the simulator sent while the call was recorded.
     assert_caller_channel(pcm, call, at_least=len(during_pcm))
     # The download during the call is the start of the final file.
