@@ -307,6 +307,8 @@ class Recording:
 
     def finish(self) -> None:
         """Set the header's sizes and close the file (writer thread, once)."""
+        if self._file is None and self.status == "recording":
+            self.open_file()  # a call too short to write anything still has its (empty) file
         if self._file is not None:
             data = self.written * BYTES_PER_FRAME
             self._file.seek(0)

@@ -243,3 +243,9 @@ def test_a_disk_error_fails_the_recording_not_the_call(tmp_path: Path, log: Even
     assert done == ["failed"] and recordings.active("v3:call") is None
     rec.caller(ULAW, ulaw(100), None, rec.origin)  # the loop may still call: nothing is kept
     assert not rec._buffer
+
+
+def test_a_call_too_short_to_write_anything_still_has_an_empty_file(recordings: Recordings) -> None:
+    rec = recordings.open("v3:call", RATE)
+    pcm = finish(recordings, rec)
+    assert pcm.shape == (0, 2) and rec.info()["duration_ms"] == 0
