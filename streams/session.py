@@ -5,6 +5,8 @@ frames) and the thread that ticks the process's media clock (outbound frames: be
 end_frame); under `python app.py` the last two are the front door's loop thread. `_lock` guards the
 session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
 The clock never touches the database or Flask: it only puts events on the event log's queue.
+A recorded call's frames, both ways, are handed to its Recording (streams/recording.py) the same
+way: appended to a bounded buffer that a writer thread empties.
 """
 
 from __future__ import annotations
