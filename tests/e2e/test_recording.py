@@ -299,3 +299,23 @@ def test_stopping_the_server_finishes_its_recordings(telnyx: FakeTelnyx, tmp_pat
     pcm, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     assert rate == RATE
     assert_caller_channel(pcm, call, at_least=40 * SLOT)
+
+
+def test_the_server_sweeps_recordings_past_their_retention(telnyx: FakeTelnyx, make_server_, tmp_path) -> None:
+    import os
+    import time
+
+    from streams.recording import file_name, wav_header
+
+    directory = tmp_path / "recordings"
+    directory.mkdir()
+    old, recent = directory / file_name("v3:old"), directory / file_name("v3:recent")
+    for path, days in ((old, 3), (recent, 1)):
+        path.write_bytes(wav_header(RATE, 0))
+        stamp = time.time() - days * 86400 - 60
+        os.utime(path, (stamp, stamp))
+    server = make_server_(RECORDING_DIR=str(directory), RECORDING_RETENTION_DAYS=2)
+    wait_until(lambda: not old.exists(), what="the sweep at start-up")
+    assert recent.exists()
+    events = server.http.get("/stream-log", params={"event": "recording.deleted"}).json()["items"]
+    assert [e["data"] for e in events] == [{"count": 1, "retention_days": 2.0}]
