@@ -33,6 +33,7 @@ from mixer.mixer import DuckingConfig
 from runtime import VERSION, Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
+from streams.recording import Recordings
 from streams.registry import SessionRegistry
 from streams.session import SessionSettings
 from webhooks import views as webhook_views
@@ -60,6 +61,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logger.warning("TELNYX_PUBLIC_KEY is not set: every webhook will be refused (401); "
                        "set it, or WEBHOOK_VERIFY=false for local experiments")
 
+    if cfg.RECORDING:
+        try:
+            cfg.recording_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"RECORDING_DIR: cannot create {str(cfg.recording_dir)!r}: {exc.strerror}") from None
     log = open_log(cfg.DATABASE_URL, cfg.DATABASE_PATH)
     # In scaled mode the other nodes' calls are in the same history: not this process's to mark.
     interrupted = [] if cfg.scaled else log.mark_interrupted()
@@ -78,11 +84,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         frame_ms=cfg.OUTBOUND_CHUNK_MS,
         lead_ms=cfg.OUTBOUND_LEAD_MS,
         ducking=DuckingConfig(depth_db=cfg.DUCK_DEPTH_DB),
+        recording=cfg.RECORDING,
     )
     commands = CallCommands(api_key=cfg.TELNYX_API_KEY, base_url=cfg.TELNYX_BASE_URL,
                             timeout_s=cfg.TELNYX_TIMEOUT_S, max_retries=cfg.TELNYX_MAX_RETRIES,
                             log=log, metrics=metrics)
-    registry = SessionRegistry(settings, log, metrics)
+    recordings = Recordings(cfg.recording_dir, buffer_s=cfg.RECORDING_BUFFER_S,
+                            retention_days=cfg.RECORDING_RETENTION_DAYS, log=log, metrics=metrics,
+                            node=node_id if cfg.scaled else None)
+    registry = SessionRegistry(settings, log, metrics, recordings)
     node = None
     if cfg.scaled:
         node = ClusterNode(redis_url=cfg.REDIS_URL, secret=cfg.CLUSTER_SECRET, node_id=node_id,
@@ -93,7 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     stream_secret = cfg.STREAM_AUTH_SECRET or (f"stream:{cfg.CLUSTER_SECRET}" if cfg.scaled else "")
     rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
-                 cluster=node, node_id=node_id)
+                 recordings=recordings, cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
     if node is not None:  # a survivor's takeover asks Telnyx to stream the call again
         node.restream = functools.partial(restream, rt)
@@ -108,6 +118,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
                interrupted=len(interrupted))
+    recordings.start()
     return app
 
 
@@ -122,6 +133,7 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     if rt.cluster is not None:
         rt.cluster.leave()  # the calls still here are the other nodes' to take over, not ended
     rt.registry.shutdown()
+    rt.recordings.stop()  # the calls have ended: every recording is finished
     if door is not None:
         door.stop()
     peers: FrontDoor | None = app.extensions.get("peer_door")

@@ -70,10 +70,19 @@ class Config:
     NODE_LEASE_MS: int = 3000
     DRAIN_TIMEOUT_S: float = 30.0
     WORKERS: int = 1
+    # Recordings (streams/recording.py): every call's audio, caller and what we sent, as stereo WAV.
+    RECORDING: bool = False
+    RECORDING_DIR: str = ""  # empty: "recordings" beside DATABASE_PATH
+    RECORDING_RETENTION_DAYS: float = 30.0
+    RECORDING_BUFFER_S: float = 10.0
 
     @property
     def scaled(self) -> bool:
         return bool(self.REDIS_URL)
+
+    @property
+    def recording_dir(self) -> Path:
+        return Path(self.RECORDING_DIR) if self.RECORDING_DIR else self.DATABASE_PATH.parent / "recordings"
 
     def validate(self) -> Config:
         def need(ok: bool, key: str, why: str) -> None:
@@ -131,6 +140,10 @@ class Config:
         need(self.NODE_LEASE_MS >= 1000, "NODE_LEASE_MS", "must be at least 1000")
         need(0 <= self.DRAIN_TIMEOUT_S <= 3600, "DRAIN_TIMEOUT_S", "must be within 0..3600")
         need(1 <= self.WORKERS <= 256, "WORKERS", "must be within 1..256")
+        need(0 <= self.RECORDING_RETENTION_DAYS <= 36500, "RECORDING_RETENTION_DAYS",
+             "must be within 0..36500 (0 keeps recordings for ever)")
+        need(0.1 <= self.RECORDING_BUFFER_S <= 600, "RECORDING_BUFFER_S", "must be within 0.1..600 seconds")
+        need("\0" not in self.RECORDING_DIR, "RECORDING_DIR", "must be a directory path")
         need(self.WORKERS == 1 or bool(self.REDIS_URL), "WORKERS",
              "more than 1 needs REDIS_URL, DATABASE_URL and CLUSTER_SECRET: the worker processes are nodes "
              "that share their calls through Redis; set them, or WORKERS=1")

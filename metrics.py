@@ -92,6 +92,9 @@ METRICS: dict[str, Declared] = {
     "websocket_protocol_errors_total": _read_counter("Media sockets closed for breaking RFC 6455"),
     "events_dropped_total": _read_counter("Event log rows dropped because more than the bound waited while the "
                                           "database could not be written"),
+    "recording_gaps_total": _counter("Holes in recordings: frames dropped because the disk did not keep up"),
+    "recording_frames_dropped_total": _counter("Recorded frames dropped because the recording buffer was full"),
+    "recording_frames_late_total": _counter("Caller frames that arrived too late for their place in the recording"),
     "active_sessions": Declared("gauge", "Calls with a live session"),
     "active_injections": Declared("gauge", "Injections created or playing"),
 }

@@ -17,6 +17,7 @@ from eventlog import EventLog
 from metrics import Metrics
 from streams.auth import StreamAuth
 from streams.injections import Limits
+from streams.recording import Recordings
 from streams.registry import SessionRegistry
 from streams.session import CallSession, Injection
 
@@ -48,6 +49,7 @@ class Runtime:
     registry: SessionRegistry
     commands: CommandSender
     stream_auth: StreamAuth
+    recordings: Recordings
     cluster: ClusterNode | None = None  # scaled mode only
     node_id: str = ""
     started: float = field(default_factory=time.monotonic)

@@ -65,10 +65,11 @@ class ClusterUnavailable(Exception):
 class Forwarded:
     """Another node's answer, passed on as it is."""
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+    def __init__(self, status: int, body: bytes, content_type: str, disposition: str | None = None) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.disposition = disposition  # Content-Disposition (a recording's file name)
 
 
 class ClusterNode:
@@ -200,6 +201,16 @@ class ClusterNode:
             raise ClusterUnavailable(f"The node that held call {owner.call_control_id} is gone.")
         return owner.url
 
+    def node_url(self, node_id: str) -> str:
+        """The URL of a live node (e.g. the one whose disk holds an ended call's recording)."""
+        try:
+            info = self.directory.node(node_id)
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from None
+        if info is None:
+            raise ClusterUnavailable(f"Node {node_id}, which holds what was asked for, is not running.")
+        return str(info["url"])
+
     def webhook_target(self, call_control_id: str) -> str | None:
         """Where a webhook of this call is handled: None here, ENDED nowhere, else a node's URL.
 
@@ -260,7 +271,8 @@ class ClusterNode:
         except httpx.HTTPError as exc:
             raise ClusterUnavailable(f"The node at {base_url} did not answer: {exc}") from None
         return Forwarded(response.status_code, response.content,
-                         response.headers.get("content-type", "application/json"))
+                         response.headers.get("content-type", "application/json"),
+                         response.headers.get("content-disposition"))
 
     def live_views(self) -> list[dict[str, Any]]:
         """The live calls of every other node, each marked with its node."""

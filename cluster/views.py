@@ -15,8 +15,9 @@ from errors import ApiError
 bp = Blueprint("cluster", __name__)
 
 # The routes about one call (`<key>`): served by the node that owns it.
-CALL_ROUTES = frozenset({"streams.get_stream", "streams.inject", "streams.get_injection",
-                         "streams.patch_injection", "streams.delete_injection", "streams.clear"})
+CALL_ROUTES = frozenset({"streams.get_stream", "streams.patch_stream", "streams.get_recording", "streams.inject",
+                         "streams.get_injection", "streams.patch_injection", "streams.delete_injection",
+                         "streams.clear"})
 
 
 def init_app(app: Flask, node: ClusterNode) -> None:
@@ -49,7 +50,10 @@ def forward_here(node: ClusterNode, base_url: str) -> Response:
     """This request, answered by the node at `base_url`."""
     answer = node.forward(base_url, request.method, request.path, request.query_string.decode("latin-1"),
                           request.headers.items(), request.get_data(cache=True))
-    return Response(answer.body, status=answer.status, content_type=answer.content_type)
+    response = Response(answer.body, status=answer.status, content_type=answer.content_type)
+    if answer.disposition is not None:
+        response.headers["Content-Disposition"] = answer.disposition
+    return response
 
 
 def _check_peer(node: ClusterNode) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from errors import ApiError
 from runtime import VERSION
 from runtime import current as runtime
 from streams import injections, schemas
+from streams.recording import wav_header
 from streams.session import CallSession, Injection
 from streams.status import CallNotActive, TooManyInjections
 
@@ -77,6 +79,47 @@ def get_stream(key: str) -> Response:
     if session is not None:
         return jsonify(_view(session))
     return jsonify(_history(key))
+
+
+@bp.patch("/streams/<key>")
+def patch_stream(key: str) -> Response:
+    """The call's switches: {"recording": true|false}."""
+    session = _live_session(key)
+    fields, _ = _request_fields(json_only=True)
+    patch = schemas.parse(schemas.StreamPatch, fields)
+    try:
+        session.set_recording(patch.recording)
+    except CallNotActive as exc:
+        raise _not_active(exc.call_control_id, exc.status) from None
+    return jsonify(_view(session))
+
+
+@bp.get("/streams/<key>/recording")
+def get_recording(key: str) -> Response:
+    """The recording as a WAV: complete once the call has ended, what is written so far before."""
+    rt = runtime()
+    session = rt.registry.get(key)
+    if session is not None:
+        ccid, info = session.call_control_id, session.recording_view()
+    else:
+        view = _history(key)
+        ccid, info = view["call_control_id"], view.get("recording")
+    data = rt.recordings.read(ccid)
+    if data is None:
+        live = rt.recordings.active(ccid)
+        if live is not None and live.status == "recording":
+            data = wav_header(live.sample_rate, 0)  # nothing written yet: the file starts empty
+    if data is None:
+        node = info.get("node") if info else None
+        if rt.cluster is not None and cluster_views.peer() is None and node and node != rt.node_id:
+            return cluster_views.forward_here(rt.cluster, rt.cluster.node_url(node))
+        if info and info.get("status") == "complete":
+            raise ApiError(404, "recording_not_found",
+                           f"The recording of call {ccid} is no longer kept (RECORDING_RETENTION_DAYS).")
+        raise ApiError(404, "recording_not_found", f"Call {ccid} has no recording.")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", ccid)[:100]
+    return Response(data, mimetype="audio/wav",
+                    headers={"Content-Disposition": f'attachment; filename="recording-{name}.wav"'})
 
 
 @bp.post("/streams/<key>/inject")

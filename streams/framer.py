@@ -55,9 +55,9 @@ class Framed(Protocol):
         """Mix the next frame into `out`, but for the OutFrame's gain; None when the call has
         nothing to send."""
 
-    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
+    def end_frame(self, frame: OutFrame, message: bytes, payload: bytes | np.ndarray | None = None) -> bool:
         """Send the frame's media message (protocol.media_frame of its encoded bytes, as UTF-8);
-        False when it could not be sent."""
+        False when it could not be sent. `payload`: those encoded bytes (or a uint8 row of them)."""
 
 
 class Framer:
@@ -127,15 +127,18 @@ class Framer:
     def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed], [frame.gain for _, frame in mixed])
         codec = mixed[0][1].codec
+        payloads: Sequence[bytes | np.ndarray]  # each call's encoded audio, for its recording
         if all(frame.codec is codec for _, frame in mixed):
             encoded = np.frombuffer(codec.encode(pcm), dtype=np.uint8).reshape(len(mixed), -1)
             messages = media_messages(encoded)
+            payloads = list(encoded)
         else:  # calls of one frame size on different codecs: rare, encode row by row
-            messages = [media_frame(frame.codec.encode(row)).encode()
-                        for (_, frame), row in zip(mixed, pcm, strict=True)]
-        for (call, frame), message in zip(mixed, messages, strict=True):
+            each = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
+            messages = [media_frame(payload).encode() for payload in each]
+            payloads = each
+        for (call, frame), message, payload in zip(mixed, messages, payloads, strict=True):
             try:
-                if call.end_frame(frame, message):
+                if call.end_frame(frame, message, payload):
                     sent.append(call)
             except Exception:
                 logger.exception("[%s] sending a frame failed", call.call_control_id)

@@ -11,6 +11,7 @@ from eventlog import EventLog
 from metrics import Metrics
 from mixer.pacer import PacerStats
 from streams.clock import MediaClock
+from streams.recording import Recordings
 from streams.session import CallSession, InjectionWatcher, SessionSettings
 from streams.status import CallStatus
 
@@ -28,8 +29,10 @@ class Watcher(InjectionWatcher, Protocol):
 
 
 class SessionRegistry:
-    def __init__(self, settings: SessionSettings, log: EventLog, metrics: Metrics) -> None:
+    def __init__(self, settings: SessionSettings, log: EventLog, metrics: Metrics,
+                 recordings: Recordings | None = None) -> None:
         self.settings = settings
+        self.recordings = recordings
         self.watcher: Watcher | None = None
         self._log = log
         self._metrics = metrics
@@ -62,7 +65,8 @@ class SessionRegistry:
                 return session, False
             if call_control_id in self._ended:
                 return None, False
-            session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
+            session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock,
+                                  self.recordings)
             session.watcher = self.watcher
             self._by_call[call_control_id] = session
         # The call is known from here (its first webhook or, without one, its first `start`); its

@@ -192,6 +192,23 @@ class InjectBody(Strict):
                                           "file")
 
 
+def _json_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid("must be true or false")
+    return value
+
+
+class StreamPatch(Strict):
+    """PATCH /streams/{key}: the call's own switches."""
+
+    recording: Annotated[bool, BeforeValidator(_json_flag)] = Field(
+        description="true: record the call (from now, or from its media stream if it has none yet); "
+                    "false: pause the recording (the paused time is silence in it).")
+
+    unknown_message: ClassVar[str] = "Only recording can change on a call, not {name!r}."
+    missing_message: ClassVar[str] = "Send {name}: true or false."
+
+
 class GainPatch(Strict):
     """PATCH /streams/{key}/injections/{inj_id}: a live gain change, ramped."""
 
@@ -402,6 +419,23 @@ class Frames(Answer):
     received: int
 
 
+class RecordingInfo(Answer):
+    status: Literal["waiting", "recording", "paused", "complete", "failed"] = Field(
+        description="waiting: switched on, the media stream has not started yet")
+    format: Literal["wav"]
+    channels: list[str] = Field(description='["caller", "sent"]: left the caller, right what we sent')
+    sample_rate: int | None
+    started_at: str | None
+    ended_at: str | None
+    duration_ms: int = Field(description="Written to the file so far.")
+    gaps: int = Field(description="Holes where the disk did not keep up (silence; see recording.gap events).")
+    gap_ms: int
+    frames_dropped: int
+    frames_late: int = Field(description="Caller frames that arrived too late for their place.")
+    error: str | None
+    node: str | None = Field(None, description="Scaled mode: the node whose disk holds the file.")
+
+
 class Stream(Answer):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -421,6 +455,7 @@ class Stream(Answer):
     frames: Frames
     injections: list[Injection]
     node: str | None = Field(None, description="Scaled mode: the node that plays the call.")
+    recording: RecordingInfo | None = Field(None, description="null when the call is not recorded.")
 
 
 class StreamPage(Answer):
@@ -471,7 +506,8 @@ class Operation:
 _ERRORS = {
     400: "Malformed JSON (invalid_json).",
     401: "Missing or wrong credentials (unauthorized; invalid_signature for webhooks).",
-    404: "Unknown call, stream or injection (stream_not_found, injection_not_found).",
+    404: "Unknown call, stream, injection or recording (stream_not_found, injection_not_found, "
+         "recording_not_found).",
     409: "The call or injection is no longer active (stream_not_active, injection_not_active, "
          "injection_not_mixed).",
     413: "The body or file is larger than MAX_UPLOAD_BYTES (payload_too_large).",
@@ -490,6 +526,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/streams", "GET"): Operation("The live calls, or pages of every call ever", (200, StreamPage), (422,),
                                    query=StreamsQuery),
     ("/streams/<key>", "GET"): Operation("One call, live or from the log", (200, Stream), (404,)),
+    ("/streams/<key>", "PATCH"): Operation(
+        "Switch the call's recording on or off", (200, Stream), (400, 404, 409, 415, 422), body=StreamPatch),
+    ("/streams/<key>/recording", "GET"): Operation(
+        "The call's recording as a stereo WAV (caller left, what we sent right), so far while it runs",
+        (200, "audio/wav"), (404,)),
     ("/streams/<key>/inject", "POST"): Operation(
         "Mix a sound into the call", (201, Injection), (400, 404, 409, 413, 415, 422, 429, 502),
         body=InjectBody, multipart=True),
@@ -587,7 +628,7 @@ class _RequestSchema(GenerateJsonSchema):
         return json_schema
 
 
-REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery)
+REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamPatch, StreamsQuery, StreamLogQuery)
 ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck)
 
 

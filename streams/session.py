@@ -5,14 +5,18 @@ frames) and the thread that ticks the process's media clock (outbound frames: be
 end_frame); under `python app.py` the last two are the front door's loop thread. `_lock` guards the
 session's mutable fields; the Mixer has its own lock; the Connection serialises socket writes.
 The clock never touches the database or Flask: it only puts events on the event log's queue.
+A recorded call's frames, both ways, are handed to its Recording (streams/recording.py) the same
+way: appended to a bounded buffer that a writer thread empties.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +33,7 @@ from streams import protocol
 from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
+from streams.recording import Recording, Recordings
 from streams.status import LIVE, TERMINAL, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,7 @@ class SessionSettings:
     frame_ms: int
     lead_ms: int
     ducking: DuckingConfig
+    recording: bool = False  # RECORDING: calls record unless switched off through the API
 
 
 @dataclass
@@ -81,7 +87,7 @@ class InjectionWatcher(Protocol):
 
 class CallSession:
     def __init__(self, call_control_id: str, settings: SessionSettings, log: EventLog,
-                 metrics: Metrics, clock: MediaClock) -> None:
+                 metrics: Metrics, clock: MediaClock, recordings: Recordings | None = None) -> None:
         self.call_control_id = call_control_id
         self.settings = settings
         self._log = log
@@ -118,6 +124,11 @@ class CallSession:
         # the registry). injection_saved is called on request threads and may wait for Redis;
         # injection_updated on the clock's and the socket's threads, and must not.
         self.watcher: InjectionWatcher | None = None
+        self._recordings = recordings
+        self.record = settings.recording and recordings is not None  # the switch (under _lock)
+        # Set under _lock; read without it by the loop (one reference: the frames go to the
+        # recording it finds, or to none).
+        self.recording: Recording | None = None
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -152,7 +163,10 @@ class CallSession:
                 if inj.active:
                     self._finish(inj, InjectionStatus.STOPPED, error=None)
             self._pending_marks.clear()
+            rec = self.recording
         self._clock.remove(self)
+        if rec is not None:
+            rec.close()  # the writer finishes the file and saves the call again
         self.mixer.stop_all()
         if conn is not None and status != CallStatus.ENDED:
             conn.close(CloseCode.NORMAL, reason)
@@ -163,7 +177,10 @@ class CallSession:
         """The call now lives on another node (cluster/): this copy takes nothing more."""
         with self._lock:
             self._moved = True
+            rec = self.recording
         self._clock.remove(self)
+        if rec is not None:  # the node that takes the call over records the rest
+            rec.close()
 
     def fenced(self) -> None:
         """Another node took the call while this one was cut off from Redis: stop sending at once."""
@@ -195,6 +212,10 @@ class CallSession:
             self.started_at = self.started_at or utc_now()
             self.info["from"] = self.info.get("from") or start.from_number
             self.info["to"] = self.info.get("to") or start.to_number
+            rec = self.recording
+            if rec is not None and not rec.closing and codec.sample_rate != rec.sample_rate:
+                rec.close("the stream's sample rate changed; the rest is not recorded")  # one file, one rate
+                self.record = False
             if fmt.sample_rate != self.geometry.sample_rate:
                 # Sources were decoded at the configured rate; Telnyx chose another one.
                 self.geometry = FrameGeometry(fmt.sample_rate, self.settings.frame_ms)
@@ -205,6 +226,10 @@ class CallSession:
                 self.mixer.stop_all()
                 self.mixer = self._new_mixer()
             self._codec = codec
+            if self.recording is not None:
+                self.recording.new_stream()
+            elif self.record:
+                self._start_recording()
             # Under the lock, so an end() racing with this attach cannot leave us on the clock.
             self._clock.add(self)
         if old is not None and old is not conn:
@@ -243,7 +268,11 @@ class CallSession:
         width = codec.bytes_per_sample
         if media.track == "inbound" and len(payload) >= width:
             # With its codec: a reconnect may change it before the clock measures this chunk.
-            self._caller_audio.append((codec, payload[:len(payload) - len(payload) % width]))
+            payload = payload[:len(payload) - len(payload) % width]
+            self._caller_audio.append((codec, payload))
+            rec = self.recording
+            if rec is not None:
+                rec.caller(codec, payload, media.chunk, time.monotonic())
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -377,6 +406,52 @@ class CallSession:
             return inj.played_ms
         return int(self.mixer.played_samples(inj.id) * 1000 // self.geometry.sample_rate)
 
+    # -- recording (request threads; attach on the loop) -------------------------------------------
+
+    def set_recording(self, on: bool) -> None:
+        """The per-call switch: off pauses the recording (the timeline goes on as silence), on
+        starts or resumes it. Raises CallNotActive once the call has ended."""
+        with self._lock:
+            if not self.live or self._moved:
+                raise CallNotActive(self.call_control_id, self.status)
+            if self._recordings is None:
+                return
+            changed = on != self.record
+            self.record = on
+            rec = self.recording
+            switched = rec is not None and changed and not rec.closing  # a finished one stays so
+            if rec is None and on and self._conn is not None:
+                self._start_recording()
+            elif switched:
+                assert rec is not None
+                rec.enabled = on
+        if switched:
+            self._log.record("recording.resumed" if on else "recording.paused", self.call_control_id)
+        self.save()
+
+    def _start_recording(self) -> None:
+        """Caller holds _lock. In memory only: the writer thread creates the file."""
+        assert self._recordings is not None
+        # The codec's rate: the one its decoded samples have (Telnyx's nominal rate may differ).
+        self.recording = self._recordings.open(self.call_control_id, self._codec.sample_rate,
+                                               on_done=self._recording_done)
+
+    def _recording_done(self) -> None:
+        """The writer finished the file: the history shows it complete (unless the call lives
+        on another node now, whose view is the newer one)."""
+        if not self._moved:
+            self.save()
+
+    def recording_view(self) -> dict[str, Any] | None:
+        rec = self.recording
+        if rec is not None:
+            return rec.info()
+        if self.record and self.live:  # on, before the media stream: it starts with the stream
+            return {"status": "waiting", "format": "wav", "channels": ["caller", "sent"], "sample_rate": None,
+                    "started_at": None, "ended_at": None, "duration_ms": 0, "gaps": 0, "gap_ms": 0,
+                    "frames_dropped": 0, "frames_late": 0, "error": None}
+        return None
+
     # -- the media clock's thread -----------------------------------------------------------------
 
     def take_caller_audio(self) -> tuple[Mixer, list[tuple[Codec, bytes]]] | None:
@@ -404,8 +479,9 @@ class CallSession:
             return None
         return OutFrame(conn, mixer, self._codec, *mixed)
 
-    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
-        """Send the frame's media message; False when the socket did not take it."""
+    def end_frame(self, frame: OutFrame, message: bytes, payload: bytes | np.ndarray | None = None) -> bool:
+        """Send the frame's media message; False when the socket did not take it. `payload` is
+        the encoded audio in it (recorded as sent, if the call records)."""
         conn = frame.conn
         if not conn.send(message):
             self._dead_conn = conn
@@ -414,6 +490,9 @@ class CallSession:
                 self._after_frame(conn, frame.finished)
             return False
         self.frames_sent += 1
+        rec = self.recording
+        if rec is not None and payload is not None:
+            rec.sent(frame.codec, payload if isinstance(payload, bytes) else payload.tobytes(), time.monotonic())
         if self._not_started or frame.finished:
             self._after_frame(conn, frame.finished)
         return True
@@ -486,6 +565,7 @@ class CallSession:
             "caller_speaking": self.mixer.caller_speaking if self.live else False,
             "frames": {"sent": self.frames_sent, "received": self.frames_received},
             "injections": [self.injection_view(inj) for inj in injections],
+            "recording": self.recording_view(),
         }
 
     # -- moving to another node (cluster/) ---------------------------------------------------------
@@ -495,7 +575,8 @@ class CallSession:
         injections, with the audio of those not yet played (float32, base64)."""
         with self._lock:
             injections = list(self.injections.values())
-            state: dict[str, Any] = {"status": self.status, "info": dict(self.info), "created_at": self.created_at}
+            state: dict[str, Any] = {"status": self.status, "info": dict(self.info), "created_at": self.created_at,
+                                     "record": self.record}
         items = []
         for inj in injections:
             item = dataclasses.asdict(inj)
@@ -512,6 +593,11 @@ class CallSession:
                 if value and not self.info.get(key):
                     self.info[key] = value
             self.created_at = min(self.created_at, str(state.get("created_at") or self.created_at))
+            record = state.get("record")
+        if isinstance(record, bool) and record != self.record and self._recordings is not None:
+            # Switched through the node that had the call before its stream arrived here.
+            with contextlib.suppress(CallNotActive):
+                self.set_recording(record)
         for item in state.get("injections", []):
             encoded = item.pop("samples", None)
             inj = Injection(**item)

@@ -36,6 +36,11 @@ def test_environment_then_overrides_win(tmp_path):
         ({"OUTBOUND_CHUNK_MS": 10}, "OUTBOUND_CHUNK_MS"),
         ({"MAX_INJECTION_SECONDS": "-1"}, "MAX_INJECTION_SECONDS"),
         ({"NOT_A_KEY": 1}, "NOT_A_KEY"),
+        ({"RECORDING": "sometimes"}, "RECORDING"),
+        ({"RECORDING_RETENTION_DAYS": -1}, "RECORDING_RETENTION_DAYS"),
+        ({"RECORDING_RETENTION_DAYS": "nan"}, "RECORDING_RETENTION_DAYS"),
+        ({"RECORDING_RETENTION_DAYS": "a week"}, "RECORDING_RETENTION_DAYS"),
+        ({"RECORDING_BUFFER_S": 0}, "RECORDING_BUFFER_S"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):
@@ -58,3 +63,20 @@ def test_env_example_lists_every_key():
     text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     listed = {line.split("=")[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
     assert listed == {f.name for f in fields(Config)}
+
+
+def test_recordings_default_to_off_beside_the_database():
+    cfg = load_config({"DATABASE_PATH": "/srv/mixer/db.sqlite3"}, environ={}, dotenv=None)
+    assert cfg.RECORDING is False and cfg.RECORDING_RETENTION_DAYS == 30
+    assert cfg.recording_dir == Path("/srv/mixer/recordings")
+    on = load_config({"RECORDING": "on", "RECORDING_DIR": "/tmp/rec"}, environ={}, dotenv=None)
+    assert on.RECORDING is True and on.recording_dir == Path("/tmp/rec")
+
+
+def test_a_recording_dir_that_cannot_be_made_stops_start_up(tmp_path):
+    from app import create_app
+
+    (tmp_path / "taken").write_text("a file, not a directory")
+    with pytest.raises(ConfigError, match=r"^RECORDING_DIR: cannot create"):
+        create_app({"DATABASE_PATH": tmp_path / "db.sqlite3", "RECORDING": True,
+                    "RECORDING_DIR": str(tmp_path / "taken" / "recordings")})

@@ -364,3 +364,61 @@ def test_behind_a_round_robin_balancer_every_call_plays(telnyx, tmp_path, redis_
                 assert len(telnyx.commands_for("streaming_start", call)) == 1
         finally:
             nodes.close()
+
+
+def test_a_recording_is_served_from_any_node_during_and_after_the_call(telnyx, tmp_path, redis_url, postgres_url):
+    # Node a takes the webhooks and the requests, node b the media socket and so the recording
+    # (on its own disk): a relays the live call's requests to b, and after the call asks b again,
+    # the node named in the call's history.
+    import io
+
+    import soundfile as sf
+
+    from simulator import g711
+
+    nodes = Cluster(telnyx, tmp_path, redis_url, postgres_url, names=("a", "b"), RECORDING="on")
+    a, b = nodes.url("a"), nodes.url("b")
+    try:
+        call = telnyx.place_call()
+        call.wait_streaming(timeout=15)
+        ccid = call.call_control_id
+        wait_until(lambda: httpx.get(f"{a}/streams/{ccid}").json().get("node") == "b", what="owned by b")
+        answer = httpx.post(f"{a}/streams/{ccid}/inject", json={"dtmf": "159"})
+        assert answer.status_code == 201, answer.text
+        inj = answer.json()["id"]
+        wait_until(lambda: httpx.get(f"{a}/streams/{ccid}/injections/{inj}").json()["status"] == "finished",
+                   timeout=15, what="the digits played")
+
+        def sounding(pcm: np.ndarray) -> np.ndarray:
+            """The 20 ms frames that are not digital silence, in order (DTMF has silent gaps)."""
+            frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)
+            return frames[frames.any(axis=1)].reshape(-1)
+
+        def sent(data: bytes) -> np.ndarray:
+            pcm, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
+            assert rate == 8000 and pcm.shape[1] == 2
+            return sounding(pcm[:, 1])
+
+        def heard() -> np.ndarray:
+            return sounding(g711.decode(b"".join(p for _, p in call.received), "PCMU"))
+
+        live = wait_until(lambda: (r := httpx.get(f"{a}/streams/{ccid}/recording")).status_code == 200
+                          and len(sent(r.content)) >= len(heard()) and r, timeout=20, what="the digits on file")
+        assert live.headers["content-type"] == "audio/wav"
+        assert live.headers["content-disposition"].startswith('attachment; filename="recording-')
+        assert np.array_equal(sent(live.content), heard())
+
+        paused = httpx.patch(f"{a}/streams/{ccid}", json={"recording": False})
+        assert paused.status_code == 200 and paused.json()["recording"]["status"] == "paused"
+        assert paused.json()["recording"]["node"] == "b"
+
+        call.hangup()
+        wait_until(lambda: (httpx.get(f"{a}/streams/{ccid}").json().get("recording") or {}).get("status")
+                   == "complete", timeout=15, what="the recording complete")
+        after = [httpx.get(f"{url}/streams/{ccid}/recording") for url in (a, b)]
+        assert [r.status_code for r in after] == [200, 200]
+        assert after[0].content == after[1].content  # a has no file: it asked b
+        assert np.array_equal(sent(after[0].content), heard())
+        assert not (tmp_path / "a" / "recordings").exists() or not any((tmp_path / "a" / "recordings").iterdir())
+    finally:
+        nodes.close()

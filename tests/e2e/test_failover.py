@@ -160,7 +160,8 @@ def test_a_killed_node_s_call_resumes_on_a_survivor_where_it_would_be_now(telnyx
     # The bystander on node c never stopped.
     other = bystander.heard_pcm()
     _, quiet = _longest_silence(other[int(np.flatnonzero(np.abs(other.astype(np.int32)) > 1000)[0]):])
-    assert quiet < 0.5 * RATE, f"the bystander was silent for {quiet / RATE:.2f} s"  # (bench_failover counts late frames)
+    # Loosely: a loaded machine may be late; bench/bench_failover.py counts the late frames.
+    assert quiet < 0.5 * RATE, f"the bystander was silent for {quiet / RATE:.2f} s"
     # Exactly one node has each call.
     items = httpx.get(f"{nodes.a}/streams").json()["items"]
     assert sorted((i["call_control_id"], i["node"]) for i in items) == sorted(

@@ -51,7 +51,11 @@ class Call:
         mixed = self.mixer.mix_unscaled_into(out)
         return None if mixed is None else OutFrame(None, self.mixer, self.codec, *mixed)  # type: ignore[arg-type]
 
-    def end_frame(self, frame: OutFrame, message: bytes) -> bool:
+    def end_frame(self, frame: OutFrame, message: bytes, payload: bytes | np.ndarray | None = None) -> bool:
+        # The payload handed over for the recording is exactly the audio in the message.
+        assert payload is not None
+        raw = payload if isinstance(payload, bytes) else payload.tobytes()
+        assert media_frame(raw).encode() == message
         self.sent.append(message)
         return True
 

@@ -349,3 +349,79 @@ def test_the_saved_row_is_the_view(session: CallSession, log: EventLog) -> None:
     assert log.flush()
     assert log.call(CCID) == session.view()
     assert log.call("stream-1") == log.call(CCID)  # found by stream_id too
+
+
+# -- recording ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recordings(tmp_path, log: EventLog, metrics: Metrics):
+    from streams.recording import Recordings
+
+    recordings = Recordings(tmp_path / "rec", buffer_s=10, retention_days=0, log=log, metrics=metrics)
+    yield recordings
+    recordings.stop()
+
+
+def recorded_session(log: EventLog, metrics: Metrics, clock: FakeClock, recordings: Any, *,
+                     on: bool) -> CallSession:
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, recording=on)
+    return CallSession(CCID, settings, log, metrics, clock, recordings)  # type: ignore[arg-type]
+
+
+def test_a_recording_waits_for_the_stream_then_takes_both_directions(log: EventLog, metrics: Metrics,
+                                                                     clock: FakeClock, recordings: Any) -> None:
+    session = recorded_session(log, metrics, clock, recordings, on=True)
+    assert session.view()["recording"]["status"] == "waiting" and recordings.active(CCID) is None
+    streaming(session)
+    rec = recordings.active(CCID)
+    assert rec is not None and session.view()["recording"]["status"] == "recording"
+    ulaw = session._codec
+    session.on_caller_audio(protocol.Media(ulaw.encode(np.full(160, 800, np.int16)), "inbound", 1, "stream-1"))
+    session.on_caller_audio(protocol.Media(b"\x00" * 160, "outbound", 2, "stream-1"))  # not the caller
+    session.add_injection(injection(CCID), TONE_40MS, max_active=4)
+    frame = session.begin_frame(np.zeros(session.frame_samples, np.float32))
+    assert frame is not None and session.end_frame(frame, b"media", b"\x12" * 160)
+    assert [item[0] for item in rec._buffer] == [0, 1]  # one caller frame, one sent, nothing decoded yet
+    assert rec._buffer[1][3] == b"\x12" * 160  # the bytes that went out
+    session.end(CallStatus.ENDED, "hangup")
+    assert rec.closing and not rec.enabled
+    recordings.run_once()
+    assert rec.status == "complete"
+    assert log.flush() and log.call(CCID)["recording"]["status"] == "complete"  # saved again when done
+
+
+def test_the_switch_before_the_stream_and_across_a_handoff(log: EventLog, metrics: Metrics, clock: FakeClock,
+                                                          recordings: Any) -> None:
+    first = recorded_session(log, metrics, clock, recordings, on=False)
+    assert first.view()["recording"] is None
+    first.set_recording(True)  # on the node that has the webhooks, before the socket exists
+    assert first.view()["recording"]["status"] == "waiting" and recordings.active(CCID) is None
+    state = first.export()
+    second = recorded_session(log, metrics, clock, recordings, on=False)
+    streaming(second)
+    assert recordings.active(CCID) is None
+    second.absorb(state)  # the node with the socket takes the call and its switch
+    assert recordings.active(CCID) is not None and second.view()["recording"]["status"] == "recording"
+    second.set_recording(False)
+    assert second.view()["recording"]["status"] == "paused" and not recordings.active(CCID).enabled
+    second.end(CallStatus.ENDED, "hangup")
+    with pytest.raises(CallNotActive):
+        second.set_recording(True)
+    assert [e for e, _ in logged(log, CCID) if e.startswith("recording.")] == ["recording.started",
+                                                                              "recording.paused"]
+
+
+def test_a_change_of_sample_rate_ends_the_recording(log: EventLog, metrics: Metrics, clock: FakeClock,
+                                                     recordings: Any) -> None:
+    session = recorded_session(log, metrics, clock, recordings, on=True)
+    streaming(session)
+    rec = recordings.active(CCID)
+    assert session.attach(start_frame(CCID, "stream-2", encoding="L16", sample_rate=16000), FakeSender())
+    assert rec.closing and "sample rate changed" in rec.error
+    assert recordings.active(CCID) is rec  # until the writer finishes it
+    session.set_recording(True)
+    assert not rec.enabled  # a finished recording is not revived
+    assert [e for e, _ in logged(log, CCID) if e.startswith("recording.")] == ["recording.started"]

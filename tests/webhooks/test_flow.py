@@ -16,6 +16,7 @@ from eventlog import EventLog
 from metrics import Metrics
 from runtime import Runtime
 from streams.auth import StreamAuth, StreamAuthError
+from streams.recording import Recordings
 from streams.registry import SessionRegistry
 from streams.status import CallStatus, InjectionStatus
 from tests.fakes import SETTINGS, FakeCommands, FakeSender, injection, logged, start_frame
@@ -48,10 +49,12 @@ def rt(tmp_path: Path, log: EventLog) -> Iterator[Runtime]:
                           "STREAM_SAMPLE_RATE": 16000, "STREAM_TRACK": "both_tracks",
                           "STREAM_TARGET_LEGS": "opposite"}, environ={}, dotenv=None)
     metrics = Metrics()
-    registry = SessionRegistry(SETTINGS, log, metrics)
+    recordings = Recordings(config.recording_dir, buffer_s=config.RECORDING_BUFFER_S, retention_days=0, log=log,
+                            metrics=metrics)
+    registry = SessionRegistry(SETTINGS, log, metrics, recordings)
     registry.clock.drive_from(lambda: None)  # no clock thread
     yield Runtime(config=config, log=log, metrics=metrics, registry=registry, commands=FakeCommands(),
-                  stream_auth=StreamAuth(secret="s" * 32))
+                  stream_auth=StreamAuth(secret="s" * 32), recordings=recordings)
     registry.clock.stop()
 
 
