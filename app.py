@@ -16,6 +16,7 @@ import socket as socket_module
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ import cluster.views
 import errors
 from cluster.node import ClusterNode
 from config import ConfigError, load_config
-from eventlog import open_log
+from eventlog import EventLog, open_log, utc_now
 from frontdoor import FrontDoor, HttpError, Limits
 from metrics import Metrics
 from mixer.mixer import DuckingConfig
@@ -35,6 +36,7 @@ from streams import api, socket
 from streams.auth import StreamAuth
 from streams.recording import Recordings
 from streams.registry import SessionRegistry
+from streams.resume import LocalResume, unix_seconds
 from streams.session import SessionSettings
 from webhooks import views as webhook_views
 from webhooks.commands import CallCommands
@@ -67,8 +69,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except OSError as exc:
             raise ConfigError(f"RECORDING_DIR: cannot create {str(cfg.recording_dir)!r}: {exc.strerror}") from None
     log = open_log(cfg.DATABASE_URL, cfg.DATABASE_PATH)
-    # In scaled mode the other nodes' calls are in the same history: not this process's to mark.
-    interrupted = [] if cfg.scaled else log.mark_interrupted()
+    # Calls the last process was playing when it stopped: those young enough are asked of Telnyx
+    # again once this one listens (serve), the rest marked interrupted. In scaled mode the other
+    # nodes' calls are in the same history, and a dead node's are the survivors' to take over.
+    resumable = [] if cfg.scaled else resumable_calls(log, cfg.RESUME_WINDOW_S)
+    interrupted = [] if cfg.scaled else log.mark_interrupted(keep=frozenset(resumable))
     if interrupted:
         logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
                        len(interrupted))
@@ -99,12 +104,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                            lease_ms=cfg.NODE_LEASE_MS, registry=registry, log=log,
                            request_timeout_s=cfg.AUDIO_URL_TIMEOUT_S + 5)
         registry.watcher = node
+    else:
+        registry.watcher = LocalResume(log)
     # Every node must accept the socket tokens any other node issued: one secret for all.
     stream_secret = cfg.STREAM_AUTH_SECRET or (f"stream:{cfg.CLUSTER_SECRET}" if cfg.scaled else "")
     rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
                  recordings=recordings, cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
+    app.extensions["resumable_calls"] = resumable
     if node is not None:  # a survivor's takeover asks Telnyx to stream the call again
         node.restream = functools.partial(restream, rt)
 
@@ -117,9 +125,40 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.init_app(app)
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
-               interrupted=len(interrupted))
+               interrupted=len(interrupted), resuming=len(resumable))
     recordings.start()
     return app
+
+
+def resumable_calls(log: EventLog, window_s: float) -> list[str]:
+    """The calls logged as live that began less than `window_s` ago."""
+    if window_s <= 0:
+        return []
+    cutoff = time.time() - window_s
+    return [ccid for ccid, created_at in log.live_calls() if unix_seconds(created_at) >= cutoff]
+
+
+def resume_calls(app: Flask) -> None:
+    """After a restart: ask Telnyx to stream again each call the last process was playing, to where
+    it streamed then; the socket's arrival resumes its injections (streams/resume.py). A call
+    Telnyx will not stream again is marked interrupted, as before."""
+    rt: Runtime = app.extensions["mixer_runtime"]
+    calls: list[str] = app.extensions.get("resumable_calls", [])
+    attempt = f"restart-{int(time.time())}"
+    for ccid in calls:
+        sent = rt.log.events(call_control_id=ccid, event="command.sent", limit=1000)[0]
+        urls = [e["data"]["params"].get("stream_url") for e in sent if e["data"].get("action") == "streaming_start"]
+        rt.log.record("stream.resuming", ccid, reason="server_restart")
+        restream(rt, ccid, attempt, urls[-1] if urls else None, functools.partial(_not_resumed, rt, ccid))
+    if calls:
+        logger.warning("asked Telnyx to stream %d call(s) again that were live when the server stopped", len(calls))
+
+
+def _not_resumed(rt: Runtime, call_control_id: str, reason: str) -> None:
+    view = rt.log.call(call_control_id) or {"call_control_id": call_control_id}
+    view.update(status="interrupted", ended_at=view.get("ended_at") or utc_now(), end_reason="server_restart")
+    rt.log.save_call(call_control_id, "interrupted", view)
+    rt.log.record("stream.interrupted", call_control_id, reason="server_restart", detail=reason)
 
 
 def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
@@ -130,9 +169,14 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     "server.stopped".
     """
     rt: Runtime = app.extensions["mixer_runtime"]
+    resume = rt.registry.watcher if isinstance(rt.registry.watcher, LocalResume) else None
     if rt.cluster is not None:
         rt.cluster.leave()  # the calls still here are the other nodes' to take over, not ended
+    else:
+        rt.registry.watcher = None  # their injections stay kept: the next start resumes them
     rt.registry.shutdown()
+    if resume is not None:
+        resume.close()  # the last changes written
     rt.recordings.stop()  # the calls have ended: every recording is finished
     if door is not None:
         door.stop()
@@ -172,6 +216,7 @@ def serve(app: Flask, host: str, port: int) -> FrontDoor:
     rt.metrics.gauge("http_timeouts_total", lambda: door.http_timeouts)
     rt.metrics.gauge("websocket_protocol_errors_total", lambda: door.protocol_errors)
     door.start()
+    resume_calls(app)
     if rt.cluster is not None:
         # A second listener for the other nodes: with WORKERS, PORT is shared and reaches any of them.
         peers = FrontDoor(cfg.CLUSTER_HOST or host, cfg.CLUSTER_PORT, ws_paths=(), accept=_no_sockets,

@@ -69,6 +69,7 @@ class Config:
     CLUSTER_ADVERTISE_URL: str = ""
     NODE_LEASE_MS: int = 3000
     DRAIN_TIMEOUT_S: float = 30.0
+    RESUME_WINDOW_S: float = 14400.0
     WORKERS: int = 1
     # Recordings (streams/recording.py): every call's audio, caller and what we sent, as stereo WAV.
     RECORDING: bool = False
@@ -139,6 +140,7 @@ class Config:
              "CLUSTER_ADVERTISE_URL", "must be an http:// URL other nodes can reach")
         need(self.NODE_LEASE_MS >= 1000, "NODE_LEASE_MS", "must be at least 1000")
         need(0 <= self.DRAIN_TIMEOUT_S <= 3600, "DRAIN_TIMEOUT_S", "must be within 0..3600")
+        need(0 <= self.RESUME_WINDOW_S <= 86400, "RESUME_WINDOW_S", "must be within 0..86400")
         need(1 <= self.WORKERS <= 256, "WORKERS", "must be within 1..256")
         need(0 <= self.RECORDING_RETENTION_DAYS <= 36500, "RECORDING_RETENTION_DAYS",
              "must be within 0..36500 (0 keeps recordings for ever)")

@@ -28,7 +28,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -39,6 +38,7 @@ from cluster.directory import Directory
 from cluster.signing import HEADER, Signer
 from eventlog import EventLog, utc_now
 from streams.registry import SessionRegistry
+from streams.resume import audio_bytes, resume_injections, save_until_current
 from streams.session import CallSession, Injection
 from streams.status import CallStatus, InjectionStatus
 
@@ -51,9 +51,9 @@ ENDED = "ended"
 # A node that cannot list its calls within this fails the cluster-wide list (503), rather than
 # holding it up for as long as a relayed inject may take (it may download audio).
 GATHER_TIMEOUT_S = 3.0
-# restream(call_control_id, attempt, stream_url, on_ended): ask Telnyx to stream the call again;
+# restream(call_control_id, attempt, stream_url, on_lost): ask Telnyx to stream the call again;
 # `attempt` makes the command ids new (the fence of a takeover, or "drain").
-Restream = Callable[[str, str, str | None, Callable[[], None]], None]
+Restream = Callable[[str, str, str | None, Callable[[str], None]], None]
 DRAIN_POLL_S = 0.05
 DRAIN_RECHECK_S = 0.5
 
@@ -148,7 +148,7 @@ class ClusterNode:
                 logger.error("[%s] cannot move the call while Redis is unreachable: %s", ccid, exc)
                 continue
             if self.restream is not None:
-                self.restream(ccid, f"drain-{self.node_id}", url, functools.partial(self._mark_ended, ccid))
+                self.restream(ccid, f"drain-{self.node_id}", url, functools.partial(self._lost, ccid))
         deadline = time.monotonic() + timeout_s
         next_look = time.monotonic() + DRAIN_RECHECK_S
         while self.registry.sessions() and time.monotonic() < deadline:
@@ -299,13 +299,9 @@ class ClusterNode:
         nothing acknowledged is lost with this node."""
         if self.redis_error is not None:
             return  # not waiting for a timeout per request: saved when Redis is back (_save_all)
-        state = dataclasses.asdict(inj)
         try:
-            self.directory.save_injection(session.call_control_id, inj.id, state, _bytes(samples))
-            # It may have started meanwhile, and the worker written that before this older copy.
-            while (now := dataclasses.asdict(inj)) != state:
-                state = now
-                self.directory.save_injection(session.call_control_id, inj.id, state)
+            save_until_current(lambda state, audio: self.directory.save_injection(
+                session.call_control_id, inj.id, state, audio), inj, audio_bytes(samples))
         except redis.RedisError as exc:
             # The call plays on; the heartbeat saves it again once Redis is back.
             logger.warning("[%s] injection %s not kept in Redis: %s", session.call_control_id, inj.id, exc)
@@ -316,7 +312,7 @@ class ClusterNode:
             for inj in list(session.injections.values()):
                 if inj.active:
                     self.directory.save_injection(session.call_control_id, inj.id, dataclasses.asdict(inj),
-                                                  _bytes(session.mixer.source(inj.id)))
+                                                  audio_bytes(session.mixer.source(inj.id)))
 
     def injection_updated(self, session: CallSession, inj: Injection) -> None:
         """It started or finished (the clock's or the socket's thread): saved off that thread."""
@@ -324,28 +320,12 @@ class ClusterNode:
 
     def _resume(self, session: CallSession) -> None:
         """The injections the call had on a node that died, resumed where they would be now."""
-        ccid = session.call_control_id
         try:
-            kept = self.directory.injections(ccid)
+            kept = self.directory.injections(session.call_control_id)
         except redis.RedisError as exc:
-            logger.warning("[%s] cannot read its injections from Redis: %s", ccid, exc)
+            logger.warning("[%s] cannot read its injections from Redis: %s", session.call_control_id, exc)
             return
-        rate = session.sample_rate
-        for state, audio in sorted(kept, key=lambda item: str(item[0].get("created_at"))):
-            if state.get("id") in session.injections or state.get("status") not in (
-                    InjectionStatus.CREATED, InjectionStatus.PLAYING) or audio is None:
-                continue
-            inj = Injection(**state)
-            inj.status = InjectionStatus(inj.status)
-            samples = np.frombuffer(audio, dtype=np.float32)
-            start_at = 0
-            if inj.started_at is not None:
-                start_at = max(0, round((time.time() - _unix(inj.started_at)) * rate))
-            if not inj.loop and start_at >= len(samples):
-                self.log.record("injection.finished", ccid, injection_id=inj.id, played_ms=inj.duration_ms,
-                                error=None, while_moving=True)
-                continue  # it would have finished meanwhile: not played again
-            session.resume_injection(inj, samples, start_at)
+        resume_injections(session, kept, self.log)
 
     # -- failover (cluster-heartbeat) -------------------------------------------------------------
 
@@ -368,7 +348,7 @@ class ClusterNode:
                 self.log.record("injection.interrupted", ccid, injection_id=state.get("id"), node=dead)
         if self.restream is None:
             return
-        self.restream(ccid, str(fence), self.directory.stream_url(ccid), lambda: self._mark_ended(ccid))
+        self.restream(ccid, str(fence), self.directory.stream_url(ccid), functools.partial(self._lost, ccid))
 
     def _let_go_of_taken_calls(self) -> None:
         """This node's lease had run out: calls another node took meanwhile are not ours to play."""
@@ -432,6 +412,10 @@ class ClusterNode:
             if state:
                 session.absorb(state)
 
+    def _lost(self, call_control_id: str, reason: str) -> None:
+        """Telnyx would not stream the call again (restream): it is over for every node."""
+        self._work.put(lambda: self._mark_ended(call_control_id))
+
     def _mark_ended(self, call_control_id: str) -> None:
         try:
             self.directory.ended(call_control_id)
@@ -482,11 +466,3 @@ class ClusterNode:
             if time.monotonic() - started > interval:
                 logger.warning("cluster heartbeat took %.1f s", time.monotonic() - started)
 
-
-def _unix(iso: str) -> float:
-    """The API's time format (ISO 8601 UTC with a Z) as Unix seconds."""
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def _bytes(samples: np.ndarray | None) -> bytes | None:
-    return samples.astype(np.float32).tobytes() if samples is not None else None

@@ -218,13 +218,25 @@ class EventLog:
             rows = db.query("SELECT data FROM calls WHERE call_control_id = ? OR stream_id = ? LIMIT 1", (key, key))
         return json.loads(rows[0][0]) if rows else None
 
-    def mark_interrupted(self) -> list[str]:
-        """At start-up: calls that were live when the last process stopped can't be resumed."""
+    def live_calls(self) -> list[tuple[str, str]]:
+        """The calls the last process was playing when it stopped (a crash leaves them live, a
+        SIGTERM interrupted by "server_shutdown"), with when each was created: at start-up."""
+        statuses = (*LIVE_STATUSES, "interrupted")
+        placeholders = ",".join("?" * len(statuses))
+        with self._session() as db:
+            rows = db.query(f"SELECT call_control_id, status, data, created_at FROM calls "
+                            f"WHERE status IN ({placeholders})", statuses)
+        return [(str(ccid), str(created)) for ccid, status, data, created in rows
+                if status != "interrupted" or json.loads(data).get("end_reason") == "server_shutdown"]
+
+    def mark_interrupted(self, keep: frozenset[str] = frozenset()) -> list[str]:
+        """At start-up: calls that were live when the last process stopped, but those in `keep`
+        (which it will try to resume), can't be resumed."""
         placeholders = ",".join("?" * len(LIVE_STATUSES))
         now = utc_now()
         with self._session() as db:
-            rows = db.query(f"SELECT call_control_id, data FROM calls WHERE status IN ({placeholders})",
-                            LIVE_STATUSES)
+            rows = [r for r in db.query(f"SELECT call_control_id, data FROM calls WHERE status IN ({placeholders})",
+                                        LIVE_STATUSES) if r[0] not in keep]
             for ccid, data in rows:
                 view = json.loads(data)
                 view.update(status="interrupted", ended_at=view.get("ended_at") or now,
@@ -233,6 +245,26 @@ class EventLog:
                        "WHERE call_control_id = ?", (_dumps(view), now, ccid))
                 db.run(_INSERT_EVENT, (now, ccid, "stream.interrupted", _dumps({"reason": "server_restart"})))
         return [r[0] for r in rows]
+
+    # -- injections of live calls, for a restarted process (any thread; waits for the disk) ----
+
+    def save_injection(self, call_control_id: str, injection_id: str, state: dict[str, Any],
+                       audio: bytes | None = None) -> None:
+        """Keep an injection's state, and its audio when given (else the audio kept stays)."""
+        with self._session() as db:
+            db.run("INSERT INTO injections (call_control_id, injection_id, state, audio) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (call_control_id, injection_id) DO UPDATE SET state = excluded.state, "
+                   "audio = COALESCE(excluded.audio, injections.audio)",
+                   (call_control_id, injection_id, _dumps(state), audio))
+
+    def injections(self, call_control_id: str) -> list[tuple[dict[str, Any], bytes | None]]:
+        with self._session() as db:
+            rows = db.query("SELECT state, audio FROM injections WHERE call_control_id = ?", (call_control_id,))
+        return [(json.loads(state), bytes(audio) if audio is not None else None) for state, audio in rows]
+
+    def forget_injections(self, call_control_id: str) -> None:
+        with self._session() as db:
+            db.run("DELETE FROM injections WHERE call_control_id = ?", (call_control_id,))
 
     # -- internals ---------------------------------------------------------------------------
 

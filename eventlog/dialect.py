@@ -105,6 +105,7 @@ class SQLite(Database):
     types: ClassVar[Mapping[str, str]] = {
         "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "text": "TEXT",
+        "blob": "BLOB",
         "paging_column": "",  # calls pages by its rowid
     }
 
@@ -170,6 +171,7 @@ class PostgreSQL(Database):
     types: ClassVar[Mapping[str, str]] = {
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "text": 'TEXT COLLATE "C"',
+        "blob": "BYTEA",
         "paging_column": "seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,",
     }
     # pg_advisory_xact_lock's keys: "eventlog" and "evwrites" in ASCII.

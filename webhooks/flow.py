@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from eventlog import utc_now
 from runtime import Runtime
 from streams.session import CallSession
-from streams.status import CallStatus, InjectionStatus
+from streams.status import LIVE, CallStatus, InjectionStatus
 from webhooks.events import WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -37,19 +38,26 @@ def stream_params(rt: Runtime, call_control_id: str, stream_url: str) -> dict[st
 
 
 def restream(rt: Runtime, call_control_id: str, attempt: str, stream_url: str | None,
-             on_ended: Callable[[], None]) -> None:
-    """A call whose node died or drains: Telnyx streams it again, to `stream_url` (where it
-    streamed before) or STREAM_WEBSOCKET_URL. One bidirectional stream per call, so the old one
-    is stopped first; `attempt` makes the command ids new (Telnyx ignores repeated ones)."""
+             on_lost: Callable[[str], None]) -> None:
+    """A call whose process died, drains or restarted: Telnyx streams it again, to `stream_url`
+    (where it streamed before) or STREAM_WEBSOCKET_URL. One bidirectional stream per call, so
+    the old one is stopped first; `attempt` makes the command ids new (Telnyx ignores repeated
+    ones). `on_lost(reason)` when it cannot be: the call ended meanwhile (90018) or Telnyx refused."""
     url = stream_url or rt.config.STREAM_WEBSOCKET_URL
     if not url:
         rt.log.record("stream.not_restarted", call_control_id, reason="no stream URL known")
+        on_lost("no stream URL known")
         return
 
     def done(ok: bool, error: str | None) -> None:
-        if not ok and error is not None and CALL_ENDED in error:
-            rt.log.record("stream.ended", call_control_id, reason="the call ended while its node was gone")
-            on_ended()
+        if ok or error is None:
+            return
+        if CALL_ENDED in error:
+            rt.log.record("stream.ended", call_control_id, reason="the call ended while it was not streamed")
+            on_lost("the call ended")
+        else:
+            rt.log.record("stream.not_restarted", call_control_id, reason=error)
+            on_lost(error)
 
     rt.commands.submit("streaming_stop", call_control_id, command_id=f"streaming_stop-{call_control_id}-{attempt}")
     rt.commands.submit("streaming_start", call_control_id, command_id=f"streaming_start-{call_control_id}-{attempt}",
@@ -132,6 +140,13 @@ class CallFlow:
         logger.error("[%s] Telnyx could not stream to us: %s", event.call_control_id, reason)
         if session is not None:
             self.rt.registry.close(session, CallStatus.FAILED, f"streaming.failed: {reason}")
+            return
+        logged = self.rt.log.call(event.call_control_id)
+        if logged is not None and logged.get("status") in (*LIVE, CallStatus.INTERRUPTED):
+            # A call asked of Telnyx again after a restart or a node's death, that never came back.
+            logged.update(status=CallStatus.FAILED, end_reason=f"streaming.failed: {reason}",
+                          ended_at=logged.get("ended_at") or utc_now())
+            self.rt.log.save_call(event.call_control_id, CallStatus.FAILED, logged)
 
     def hangup(self, event: WebhookEvent) -> None:
         session = self.rt.registry.get(event.call_control_id)

@@ -193,7 +193,8 @@ def test_reconnect_keeps_the_session_and_its_injections(telnyx, server):
 
 
 def test_restart_keeps_history_and_marks_live_calls_interrupted(telnyx, tmp_path, media_dir):
-    first = start_server(telnyx, tmp_path / "db.sqlite3", media_dir)
+    # With RESUME_WINDOW_S=0: a restart does not ask Telnyx for the calls again (test_failover.py).
+    first = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, RESUME_WINDOW_S=0)
     ended = connected_call(telnyx, first)
     ended.hangup()
     wait_until(lambda: first.http.get(f"/streams/{ended.call_control_id}").json()["status"] == "ended",
@@ -201,7 +202,7 @@ def test_restart_keeps_history_and_marks_live_calls_interrupted(telnyx, tmp_path
     live = connected_call(telnyx, first)
     first.crash()
 
-    second = start_server(telnyx, tmp_path / "db.sqlite3", media_dir)
+    second = start_server(telnyx, tmp_path / "db.sqlite3", media_dir, RESUME_WINDOW_S=0)
     try:
         items = {s["call_control_id"]: s["status"]
                  for s in second.http.get("/streams", params={"status": "all"}).json()["items"]}

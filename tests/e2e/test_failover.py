@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from appprocess import AppProcess, healthy
+from appprocess import AppProcess, free_port, healthy
 from audio_checks import dominant_hz
 from livecall import wait_until, wav_bytes
 from simulator import FakeTelnyx, SimCall
@@ -211,3 +211,41 @@ def test_a_node_stopped_for_a_deploy_hands_its_calls_over_first(telnyx, nodes):
     assert "call.moved" in names and "call.taken_over" not in names
     drained = [e["data"] for e in httpx.get(f"{nodes.a}/stream-log", params={"event": "node.drained"}).json()["items"]]
     assert drained == [{"node": "b", "calls_left": 0}]
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_one_process_restarted_resumes_its_calls(telnyx, tmp_path, stop):
+    # No Redis: the calls' injections are kept in SQLite, and the next process on the same port
+    # and database asks Telnyx to stream each call again and resumes them where they would be.
+    settings = {"PORT": str(free_port()), "DATABASE_PATH": str(tmp_path / "db.sqlite3")}
+    (tmp_path / "first").mkdir()
+    first = AppProcess(telnyx, tmp_path / "first", env=settings)
+    try:
+        wait_until(lambda: healthy(first.url), timeout=30, what="the first process")
+        call = telnyx.place_call()
+        call.wait_streaming(timeout=15)
+        answer = httpx.post(f"{first.url}/streams/{call.call_control_id}/inject",
+                            json={"audio_base64": base64.b64encode(wav_bytes(_announcement())).decode()})
+        assert answer.status_code == 201, answer.text
+        speech = answer.json()
+        wait_until(lambda: len(call.heard_pcm()) > 2 * RATE and
+                   abs(dominant_hz(call.heard_pcm()[-800:], RATE) - STEPS[2]) < 30, timeout=15,
+                   what="the announcement's third second")
+        if stop == "SIGTERM":
+            first.proc.send_signal(signal.SIGTERM)
+            assert first.proc.wait(30) == 0
+    finally:
+        first.close()  # SIGKILL, if it still runs
+    (tmp_path / "second").mkdir()
+    second = AppProcess(telnyx, tmp_path / "second", env=settings)
+    try:
+        wait_until(lambda: healthy(second.url), timeout=30, what="the second process")
+        url = f"{second.url}/streams/{call.call_control_id}/injections/{speech['id']}"
+        wait_until(lambda: httpx.get(url).json()["status"] == "finished", timeout=40, what="the announcement's end")
+        _assert_on_the_announcement_s_clock(call.heard_pcm(), min_gap_s=0.05, max_gap_s=12)
+        events = [e["event"] for e in httpx.get(f"{second.url}/stream-log", params={
+            "call_control_id": call.call_control_id, "limit": 1000}).json()["items"]]
+        assert events.index("stream.resuming") < events.index("injection.resumed")
+        assert httpx.get(f"{second.url}/streams/{call.call_control_id}").json()["status"] == "streaming"
+    finally:
+        second.close()

@@ -62,14 +62,14 @@ def test_an_old_sqlite_file_is_adopted_as_version_1_with_its_rows(tmp_path: Path
     assert [e["id"] for e in log.events()[0]] == [1, 2]
     log.close()
     with closing(sqlite3.connect(old)) as db:
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
     assert sqlite_schema(old) == sqlite_schema(new)  # the same tables and indexes as a new file
 
 
 def test_each_version_is_applied_once(tmp_path: Path, postgres_url: str) -> None:
     for db in (SQLite(tmp_path / "log.db"), PostgreSQL(postgres_url)):
         try:
-            assert migrations.apply(db) == [1]
+            assert migrations.apply(db) == [m.version for m in migrations.load()]
             assert migrations.apply(db) == []
         finally:
             db.close()
@@ -86,15 +86,18 @@ def test_migrations_are_numbered_from_1_without_gaps(tmp_path: Path) -> None:
 def test_a_new_version_is_applied_in_one_transaction_after_the_old_ones(tmp_path: Path) -> None:
     db = SQLite(tmp_path / "log.db")
     first = migrations.load()
-    assert migrations.apply(db, first) == [1]
-    broken = migrations.Migration(2, "broken", "CREATE TABLE extra (x INTEGER);\nCREATE TABLE extra (x INTEGER);")
+    known = [m.version for m in first]
+    assert migrations.apply(db, first) == known
+    following = len(first) + 1
+    broken = migrations.Migration(following, "broken",
+                                  "CREATE TABLE extra (x INTEGER);\nCREATE TABLE extra (x INTEGER);")
     with pytest.raises(sqlite3.OperationalError, match="already exists"):
         migrations.apply(db, [*first, broken])
     with closing(sqlite3.connect(db.path)) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == known
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchall() == []  # rolled back
-    fixed = migrations.Migration(2, "extra", "CREATE TABLE extra (\n    x $text\n);")
-    assert migrations.apply(db, [*first, fixed]) == [2]
+    fixed = migrations.Migration(following, "extra", "CREATE TABLE extra (\n    x $text\n);")
+    assert migrations.apply(db, [*first, fixed]) == [following]
 
 
 def test_nodes_starting_together_on_postgresql_migrate_once(postgres_url: str) -> None:
@@ -116,4 +119,4 @@ def test_nodes_starting_together_on_postgresql_migrate_once(postgres_url: str) -
         log.close()
     assert errors == [] and len(logs) == 6
     with psycopg.connect(postgres_url) as db:
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
