@@ -32,6 +32,7 @@ from mixer.mixer import DuckingConfig
 from runtime import VERSION, Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
+from streams.feed import EventFeed
 from streams.registry import SessionRegistry
 from streams.session import SessionSettings
 from webhooks import views as webhook_views
@@ -91,6 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     stream_secret = cfg.STREAM_AUTH_SECRET or (f"stream:{cfg.CLUSTER_SECRET}" if cfg.scaled else "")
     rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
+                 feed=EventFeed(log, max_listeners=cfg.EVENT_FEEDS_MAX, max_age_s=cfg.EVENT_FEED_MAX_S),
                  cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
 
@@ -124,6 +126,7 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     if rt.cluster is not None:
         rt.cluster.stop()
     rt.commands.close()  # waits for the commands in flight (their rows)
+    rt.feed.close()
     rt.log.record("server.stopped", None)
     rt.log.flush()
     rt.log.close()

@@ -16,6 +16,7 @@ from config import Config
 from eventlog import EventLog
 from metrics import Metrics
 from streams.auth import StreamAuth
+from streams.feed import EventFeed
 from streams.injections import Limits
 from streams.registry import SessionRegistry
 from streams.session import CallSession, Injection
@@ -48,6 +49,7 @@ class Runtime:
     registry: SessionRegistry
     commands: CommandSender
     stream_auth: StreamAuth
+    feed: EventFeed
     cluster: ClusterNode | None = None  # scaled mode only
     node_id: str = ""
     started: float = field(default_factory=time.monotonic)

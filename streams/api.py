@@ -1,8 +1,9 @@
-"""REST routes: /health, /streams*, /stream-log, /metrics, /openapi.json. Views stay thin: parse
-(streams.schemas), act, render."""
+"""REST routes: /health, /streams*, /stream-log, /events, /clips, /voices, /metrics, /openapi.json.
+Views stay thin: parse (streams.schemas), act, render."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from typing import Any
@@ -13,9 +14,13 @@ import apitoken
 from cluster import views as cluster_views
 from cluster.node import ClusterUnavailable
 from errors import ApiError
+from frontdoor.stream import OPEN_STREAM
+from mixer import sources, speech
+from mixer.errors import AudioError
 from runtime import VERSION
 from runtime import current as runtime
 from streams import injections, schemas
+from streams.feed import RETRY_MS, FeedsFull, QueueSink, Sink
 from streams.session import CallSession, Injection
 from streams.status import CallNotActive, TooManyInjections
 
@@ -165,6 +170,56 @@ def stream_log() -> Response:
     return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
 
+@bp.get("/events")
+def events() -> Response:
+    """The event log live, as Server-Sent Events: from `cursor` or Last-Event-ID, else from now on.
+
+    Under `python app.py` the feed is a stream of the front door and holds no thread; behind
+    another WSGI server it holds one of that server's threads for as long as it lasts."""
+    query = schemas.parse(schemas.EventsQuery, request.args.to_dict())
+    rt = runtime()
+    header = request.headers.get("Last-Event-ID")
+    after = query.cursor if query.cursor is not None else schemas.last_event_id(header) if header else None
+    if after is None:
+        after = rt.feed.last_id()
+    open_stream = request.environ.get(OPEN_STREAM)
+    fallback: list[QueueSink] = []
+
+    def open_sink() -> Sink:
+        if open_stream is not None:
+            stream: Sink = open_stream()
+            return stream
+        fallback.append(QueueSink())
+        return fallback[0]
+
+    try:
+        rt.feed.listen(open_sink, call_control_id=query.call_control_id, event=query.event, after=after)
+    except FeedsFull:
+        raise ApiError(503, "too_many_feeds", f"All {rt.feed.max_listeners} event feeds are in use (EVENT_FEEDS_MAX); "
+                       "try again later.") from None
+    first = f"retry: {RETRY_MS}\n\n".encode()
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    body = fallback[0].body(first) if fallback else first
+    return Response(body, mimetype="text/event-stream", headers=headers)
+
+
+@bp.get("/clips")
+def clips() -> Response:
+    """The media library (MEDIA_DIR): the names an injection's `clip` may take."""
+    listed = sources.library(runtime().config.MEDIA_DIR)
+    return jsonify({"items": [dataclasses.asdict(clip) for clip in listed]})
+
+
+@bp.get("/voices")
+def voices() -> Response:
+    """The voices a `text` injection may name (espeak-ng's language codes)."""
+    try:
+        names = speech.isolated_engine().voices()
+    except AudioError as exc:  # the speech worker could not start
+        raise ApiError(503, exc.code, str(exc)) from None
+    return jsonify({"items": names})
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     return Response(runtime().metrics.render(), mimetype="text/plain; version=0.0.4")
@@ -184,8 +239,10 @@ def openapi() -> Response:
 
 
 def _view(session: CallSession) -> dict[str, Any]:
-    """The call as the API shows it; in scaled mode with the node that plays it."""
+    """The call as the API shows it, with its levels now; in scaled mode with the node that plays it."""
     view = session.view()
+    if session.live:
+        view["levels"] = session.levels()
     rt = runtime()
     if rt.cluster is not None:
         view["node"] = rt.node_id

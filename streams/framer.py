@@ -13,6 +13,7 @@ Only the mixing itself, and the send, stay per call.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
@@ -24,6 +25,7 @@ from mixer.codecs import Codec
 from mixer.ducking import levels_dbfs
 from mixer.mixer import Mixer
 from streams.connection import Sender
+from streams.levels import SentMeter
 from streams.protocol import media_frame, media_messages
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Framed(Protocol):
     """A call as the framer sees it (streams.session.CallSession)."""
 
     call_control_id: str
+    sent_meter: SentMeter
 
     @property
     def frame_samples(self) -> int: ...
@@ -133,6 +136,11 @@ class Framer:
         else:  # calls of one frame size on different codecs: rare, encode row by row
             messages = [media_frame(frame.codec.encode(row)).encode()
                         for (_, frame), row in zip(mixed, pcm, strict=True)]
+        # Every row's level in one pass, for the calls' meters (GET /streams/<id>).
+        levels = levels_dbfs(pcm.reshape(-1), [pcm.shape[1]] * len(mixed))
+        now = time.monotonic()
+        for (call, _), level in zip(mixed, levels, strict=True):
+            call.sent_meter.add(now, level)
         for (call, frame), message in zip(mixed, messages, strict=True):
             try:
                 if call.end_frame(frame, message):

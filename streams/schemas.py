@@ -270,6 +270,22 @@ class StreamLogQuery(Query):
     cursor: Cursor = 0
 
 
+class EventsQuery(Query):
+    call_control_id: str | None = None
+    event: str | None = Field(None, description="An event name, or a prefix such as 'injection'.")
+    cursor: Cursor | None = Field(None, description="Send the events after this id (a next_cursor of "
+                                  "/stream-log, or the id of the last event seen); without it, or a "
+                                  "Last-Event-ID header, only events from now on.")
+
+
+def last_event_id(value: str) -> int:
+    """The Last-Event-ID header a reconnecting EventSource sends, as a cursor."""
+    try:
+        return _cursor(value.strip())
+    except PydanticCustomError:
+        raise ApiError(422, "invalid_field", "Last-Event-ID must be the id of an event.", "Last-Event-ID") from None
+
+
 M = TypeVar("M", bound=Strict)
 
 
@@ -402,6 +418,11 @@ class Frames(Answer):
     received: int
 
 
+class Levels(Answer):
+    caller_dbfs: float = Field(description="RMS level of the caller's last 200 ms; -96 for silence or none.")
+    sent_dbfs: float = Field(description="RMS level of what the server sent in the last 200 ms; -96 for none.")
+
+
 class Stream(Answer):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -421,6 +442,7 @@ class Stream(Answer):
     frames: Frames
     injections: list[Injection]
     node: str | None = Field(None, description="Scaled mode: the node that plays the call.")
+    levels: Levels | None = Field(None, description="Live calls only: the caller's level and ours, now.")
 
 
 class StreamPage(Answer):
@@ -445,6 +467,22 @@ class EventPage(Answer):
     next_cursor: str | None
 
 
+class LibraryClip(Answer):
+    name: str = Field(description="What to send as `clip`.")
+    filename: str
+    bytes: int
+    duration_ms: int | None = Field(description="null when the file's header does not tell it.")
+
+
+class ClipList(Answer):
+    items: list[LibraryClip]
+
+
+class VoiceList(Answer):
+    items: list[str] = Field(description="Names to send as `voice` (language codes; `+f1`..`+f5`, "
+                             "`+m1`..`+m7` pick a variant).")
+
+
 class WebhookAck(Answer):
     status: Literal["ok", "ignored", "duplicate"]
 
@@ -460,7 +498,7 @@ MULTIPART = "multipart/form-data"
 class Operation:
     summary: str
     ok: tuple[int, type[BaseModel] | str]  # a model (JSON) or a media type (text)
-    errors: tuple[int, ...] = ()
+    errors: tuple[int | str, ...] = ()
     query: type[Query] | None = None
     body: type[Strict] | None = None
     multipart: bool = False
@@ -468,7 +506,7 @@ class Operation:
     extra: dict[int, type[BaseModel]] = field(default_factory=dict)
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, str] = {
     400: "Malformed JSON (invalid_json).",
     401: "Missing or wrong credentials (unauthorized; invalid_signature for webhooks).",
     404: "Unknown call, stream or injection (stream_not_found, injection_not_found).",
@@ -481,6 +519,9 @@ _ERRORS = {
     500: "An unexpected error; it is logged (internal_error).",
     502: "The audio_url could not be fetched (audio_url_unreachable, audio_url_timeout, audio_url_failed).",
     503: "The event log cannot write: the server is degraded.",
+    "503-speech": "Text to speech is not available on this server (speech_unavailable).",
+    "503-feeds": "Every event feed slot is taken (too_many_feeds), or the event log cannot be read "
+                 "(database_unavailable).",
 }
 
 # Keyed by (Flask rule, method): the document covers exactly the routes the app serves that are
@@ -502,6 +543,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/streams/<key>/clear", "POST"): Operation("Stop every injection on the call", (200, Cleared), (404, 409)),
     ("/stream-log", "GET"): Operation("The event log, oldest first", (200, EventPage), (422,),
                                       query=StreamLogQuery),
+    ("/events", "GET"): Operation(
+        "The event log live, as Server-Sent Events (each message's data is one /stream-log item)",
+        (200, "text/event-stream"), (422, "503-feeds"), query=EventsQuery),
+    ("/clips", "GET"): Operation("The media library: the names a `clip` may take", (200, ClipList)),
+    ("/voices", "GET"): Operation("The voices a `text` injection may name", (200, VoiceList), ("503-speech",)),
     ("/metrics", "GET"): Operation("Prometheus metrics", (200, "text/plain")),
     ("/openapi.json", "GET"): Operation("This document", (200, JSON)),
     ("/webhooks/voice", "POST"): Operation(
@@ -567,9 +613,11 @@ def _responses(op: Operation, protected: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {str(status): {"description": "Success.", "content": content}}
     for code, model in op.extra.items():
         responses[str(code)] = {"description": _ERRORS[code], "content": {JSON: {"schema": _ref(model)}}}
-    codes = set(op.errors) | {500} | ({401} if protected else set())
-    for code in sorted(codes):
-        responses[str(code)] = {"description": _ERRORS[code], "content": {JSON: {"schema": _ref(Error)}}}
+    codes: set[int | str] = set(op.errors) | {500} | ({401} if protected else set())
+    for error in sorted(codes, key=str):
+        # "503-feeds": a 503 with its own description
+        responses[str(error).split("-")[0]] = {"description": _ERRORS[error],
+                                               "content": {JSON: {"schema": _ref(Error)}}}
     return dict(sorted(responses.items()))
 
 
@@ -587,8 +635,9 @@ class _RequestSchema(GenerateJsonSchema):
         return json_schema
 
 
-REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery)
-ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck)
+REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery, EventsQuery)
+ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck,
+                                     ClipList, VoiceList)
 
 
 def _components() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from streams import protocol
 from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
+from streams.levels import CallerMeter, SentMeter
 from streams.status import LIVE, TERMINAL, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ class CallSession:
         # Counted by the clock and the socket reader respectively; read for views only.
         self.frames_sent = 0
         self.frames_received = 0
+        # The last frames heard and sent, measured when a view asks (streams.levels).
+        self.caller_meter = CallerMeter()
+        self.sent_meter = SentMeter()
         self._moved = False  # handed to another node (moved())
 
     def _new_mixer(self) -> Mixer:
@@ -225,7 +230,9 @@ class CallSession:
         width = codec.bytes_per_sample
         if media.track == "inbound" and len(payload) >= width:
             # With its codec: a reconnect may change it before the clock measures this chunk.
-            self._caller_audio.append((codec, payload[:len(payload) - len(payload) % width]))
+            whole = payload[:len(payload) - len(payload) % width]
+            self._caller_audio.append((codec, whole))
+            self.caller_meter.add(time.monotonic(), codec, whole)
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -420,6 +427,11 @@ class CallSession:
             "played_ms": played,
             "error": inj.error,
         }
+
+    def levels(self) -> dict[str, float]:
+        """RMS dBFS of the caller's last frames and of ours (streams.levels)."""
+        now = time.monotonic()
+        return {"caller_dbfs": self.caller_meter.dbfs(now), "sent_dbfs": self.sent_meter.dbfs(now)}
 
     def view(self) -> dict[str, Any]:
         with self._lock:

@@ -37,7 +37,8 @@ from streams.status import CallStatus
 # Routes of app.url_map the document leaves out, and why.
 NOT_DOCUMENTED: set[tuple[str, str]] = set()  # every route is documented
 EXAMPLES_PER_ROUTE = 60
-EXAMPLES = {("/streams/<key>/inject", "POST"): 200}  # the route with the most to get wrong
+# The route with the most to get wrong; and the feed, whose answers each last a poll of the log.
+EXAMPLES = {("/streams/<key>/inject", "POST"): 200, ("/events", "GET"): 25}
 
 
 def make_app(tmp_path: Path, **overrides: Any) -> Flask:
@@ -103,7 +104,8 @@ class Fixture:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
-    app = make_app(tmp_path_factory.mktemp("fuzz"), MAX_ACTIVE_INJECTIONS=4)
+    # A feed's answer ends after EVENT_FEED_MAX_S (behind the test client it holds its thread).
+    app = make_app(tmp_path_factory.mktemp("fuzz"), MAX_ACTIVE_INJECTIONS=4, EVENT_FEED_MAX_S=0.01)
     rt: Runtime = app.extensions["mixer_runtime"]
     live, _ = rt.registry.open("v3:fuzz-live")
     ended, _ = rt.registry.open("v3:fuzz-ended")

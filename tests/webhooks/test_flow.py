@@ -16,6 +16,7 @@ from eventlog import EventLog
 from metrics import Metrics
 from runtime import Runtime
 from streams.auth import StreamAuth, StreamAuthError
+from streams.feed import EventFeed
 from streams.registry import SessionRegistry
 from streams.status import CallStatus, InjectionStatus
 from tests.fakes import SETTINGS, FakeCommands, FakeSender, injection, logged, start_frame
@@ -51,7 +52,8 @@ def rt(tmp_path: Path, log: EventLog) -> Iterator[Runtime]:
     registry = SessionRegistry(SETTINGS, log, metrics)
     registry.clock.drive_from(lambda: None)  # no clock thread
     yield Runtime(config=config, log=log, metrics=metrics, registry=registry, commands=FakeCommands(),
-                  stream_auth=StreamAuth(secret="s" * 32))
+                  stream_auth=StreamAuth(secret="s" * 32),
+                  feed=EventFeed(log, max_listeners=1, max_age_s=1))
     registry.clock.stop()
 
 
