@@ -8,13 +8,15 @@ import secrets
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 import apitoken
 from cluster import views as cluster_views
 from cluster.node import ClusterUnavailable
 from errors import ApiError
+from eventlog import Unavailable
 from frontdoor.stream import OPEN_STREAM
+from metrics import REJECTION_CODES
 from mixer import sources, speech
 from mixer.errors import AudioError
 from runtime import VERSION
@@ -112,6 +114,34 @@ def inject(key: str) -> tuple[Response, int]:
     if req.mode == "playback":
         rt.start_playback(session, inj, req.value)
     return jsonify(view), 201
+
+
+@bp.after_request
+def _log_rejected_injection(response: Response) -> Response:
+    """A refused injection is an event of its call (injection.rejected) and a count by code, so
+    operators see what the API told the client. Not for a request without the API token: a
+    stranger must not be able to write into a call's log."""
+    if request.endpoint != "streams.inject" or response.status_code < 400 or g.get("relayed"):
+        return response
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    code = str(error.get("code") or "other")
+    rt = runtime()
+    rt.metrics.inc("injections_rejected_total", code=code if code in REJECTION_CODES else "other")
+    if response.status_code == 401:
+        return response
+    key = str((request.view_args or {}).get("key", ""))
+    session = rt.registry.get(key)
+    call_control_id = session.call_control_id if session is not None else None
+    if call_control_id is None and code != "stream_not_found":
+        try:
+            known = rt.log.call(key)
+        except Unavailable:
+            known = None
+        call_control_id = known["call_control_id"] if known else None
+    rt.log.record("injection.rejected", call_control_id, status=response.status_code, code=code,
+                  message=str(error.get("message", ""))[:500], field=error.get("field"),
+                  **({} if call_control_id else {"key": key[:200]}))
+    return response
 
 
 @bp.get("/streams/<key>/injections/<inj_id>")

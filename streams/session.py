@@ -321,10 +321,10 @@ class CallSession:
             self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
         self.save()
 
-    def playback_ended(self, inj: Injection, status: InjectionStatus) -> None:
+    def playback_ended(self, inj: Injection, status: InjectionStatus, *, error: str | None = None) -> None:
         with self._lock:
             if inj.active:
-                self._finish(inj, status, error=None)
+                self._finish(inj, status, error=error)
         self.save()
 
     def _finish(self, inj: Injection, status: InjectionStatus, *, error: str | None) -> None:

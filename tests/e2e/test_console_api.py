@@ -109,3 +109,40 @@ def test_a_calls_levels_are_the_callers_and_ours_now(server: LiveServer, telnyx:
     wait_until(lambda: server.http.get(f"/streams/{key}").json()["status"] == "ended", what="the hang-up")
     assert server.http.get(f"/streams/{key}").json().get("levels") is None
     assert httpx.get(f"{server.url}/streams?status=all").json()["items"][0]["call_control_id"] == key
+
+
+def test_a_rejected_injection_is_an_event_of_its_call_and_a_count_by_code(make_server_, telnyx: FakeTelnyx) -> None:
+    server = make_server_(MAX_UPLOAD_BYTES=10_000)
+    call = connected_call(telnyx, server)
+    key = call.call_control_id
+    bad = server.http.post(f"/streams/{key}/inject", json={"tone": {"frequency_hz": 5000}})
+    assert bad.status_code == 422
+    upload = server.http.post(f"/streams/{key}/inject", files={"file": ("big.wav", b"\0" * 9000)},
+                              data={"gain_db": "0"})
+    assert upload.status_code == 422  # under the body limit, and not audio
+    unknown = server.http.post("/streams/v3:nobody/inject", json={"dtmf": "1"})
+    assert unknown.status_code == 404
+    server.http.post(f"/streams/{key}/inject", json={"dtmf": "1", "gain_db": 99})
+    rejected = server.http.get("/stream-log", params={"event": "injection.rejected"}).json()["items"]
+    assert [(e["call_control_id"], e["data"]["status"], e["data"]["code"], e["data"]["field"]) for e in rejected] == [
+        (key, 422, "out_of_range", "tone.frequency_hz"),
+        (key, 422, "undecodable_audio", "file"),
+        (None, 404, "stream_not_found", None),
+        (key, 422, "out_of_range", "gain_db"),
+    ]
+    assert rejected[0]["data"]["message"] == bad.json()["error"]["message"]
+    assert rejected[2]["data"]["key"] == "v3:nobody"
+    text = server.http.get("/metrics").text
+    assert 'mixer_injections_rejected_total{code="out_of_range"} 2.0' in text
+    assert 'mixer_injections_rejected_total{code="stream_not_found"} 1.0' in text
+    assert 'mixer_injections_rejected_total{code="audio_url_timeout"} 0.0' in text  # present from zero
+
+
+def test_without_the_token_a_rejection_is_counted_but_not_logged(make_server_, telnyx: FakeTelnyx) -> None:
+    server = make_server_(API_TOKEN="s3cret")
+    answer = httpx.post(f"{server.url}/streams/v3:x/inject", json={"dtmf": "1"})
+    assert answer.status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    assert server.http.get("/stream-log", params={"event": "injection.rejected"}, headers=auth).json()["items"] == []
+    assert 'mixer_injections_rejected_total{code="unauthorized"} 1.0' in server.http.get("/metrics",
+                                                                                          headers=auth).text

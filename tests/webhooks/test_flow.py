@@ -188,7 +188,30 @@ def test_playback_ended_finishes_the_playback_injection(flow: CallFlow, rt: Runt
     assert inj.status == InjectionStatus.PLAYING
     extra = {} if status is None else {"status": status}
     assert flow.handle(event("call.playback.ended", client_state=state, media_url="https://x/a.mp3", **extra))
-    assert inj.status == expected
+    assert inj.status == expected and inj.error is None
+
+
+@pytest.mark.parametrize(("status", "detail", "error"), [
+    ("failed", "overlay needs another playback", "Telnyx playback ended with status 'failed': overlay needs "
+                                                 "another playback"),
+    ("file_not_found", None, "Telnyx playback ended with status 'file_not_found'"),
+])
+def test_a_playback_that_ends_otherwise_fails_with_the_reason(flow: CallFlow, rt: Runtime, status: str,
+                                                              detail: str | None, error: str) -> None:
+    flow.handle(event("call.answered"))
+    session = rt.registry.get(CCID)
+    assert session is not None
+    inj = injection(CCID, "inj-43", mode="playback")
+    session.add_injection(inj, None, max_active=5)
+    session.playback_result(inj, True, None)
+    state = base64.b64encode(b"inj-43").decode()
+    extra = {"status_detail": detail} if detail else {}
+    flow.handle(event("call.playback.ended", client_state=state, media_url="https://x/a.mp3", status=status, **extra))
+    assert inj.status == InjectionStatus.FAILED and inj.error == error
+    rt.log.flush()
+    failed = [e for e in rt.log.events(event="injection.failed")[0] if e["data"]["injection_id"] == "inj-43"]
+    assert failed[0]["data"]["error"] == error
+    assert rt.metrics.value("injections_total", status="failed") == 1
 
 
 @pytest.mark.parametrize("client_state", [None, "not base64!", base64.b64encode(b"inj-other").decode()])
