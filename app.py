@@ -22,6 +22,7 @@ from flask import Flask
 
 import apitoken
 import cluster.views
+import console
 import errors
 from cluster.node import ClusterNode
 from config import ConfigError, load_config
@@ -103,6 +104,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if node is not None:  # ...and a client's is relayed to another node only after it
         cluster.views.init_relay(app, node)
     api.init_app(app)
+    console.init_app(app)
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
                interrupted=len(interrupted))

@@ -192,6 +192,14 @@ class InjectBody(Strict):
                                           "file")
 
 
+class ConsoleLogin(Strict):
+    """POST /console/login: the API token, for the console's session cookie."""
+
+    token: Annotated[str, BeforeValidator(_text(4096)), _text_schema(4096)]
+
+    missing_message: ClassVar[str] = "Send the API token as {name}."
+
+
 class GainPatch(Strict):
     """PATCH /streams/{key}/injections/{inj_id}: a live gain change, ramped."""
 
@@ -483,6 +491,10 @@ class VoiceList(Answer):
                              "`+m1`..`+m7` pick a variant).")
 
 
+class ConsoleAnswer(Answer):
+    status: Literal["ok"]
+
+
 class WebhookAck(Answer):
     status: Literal["ok", "ignored", "duplicate"]
 
@@ -519,6 +531,7 @@ _ERRORS: dict[int | str, str] = {
     500: "An unexpected error; it is logged (internal_error).",
     502: "The audio_url could not be fetched (audio_url_unreachable, audio_url_timeout, audio_url_failed).",
     503: "The event log cannot write: the server is degraded.",
+    "401-login": "Not the API token (unauthorized).",
     "503-speech": "Text to speech is not available on this server (speech_unavailable).",
     "503-feeds": "Every event feed slot is taken (too_many_feeds), or the event log cannot be read "
                  "(database_unavailable).",
@@ -549,6 +562,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/clips", "GET"): Operation("The media library: the names a `clip` may take", (200, ClipList)),
     ("/voices", "GET"): Operation("The voices a `text` injection may name", (200, VoiceList), ("503-speech",)),
     ("/metrics", "GET"): Operation("Prometheus metrics", (200, "text/plain")),
+    ("/console", "GET"): Operation("The operator console (the sign-in page until signed in)", (200, "text/html")),
+    ("/console/console.js", "GET"): Operation("The console's script", (200, "text/javascript")),
+    ("/console/console.css", "GET"): Operation("The console's style sheet", (200, "text/css")),
+    ("/console/login.js", "GET"): Operation("The sign-in page's script", (200, "text/javascript")),
+    ("/console/login", "POST"): Operation(
+        "Sign the console in: the API token for a session cookie (HttpOnly, SameSite=Strict)",
+        (200, ConsoleAnswer), (400, "401-login", 422), body=ConsoleLogin),
+    ("/console/logout", "POST"): Operation("Sign the console out (drop its cookie)", (200, ConsoleAnswer)),
     ("/openapi.json", "GET"): Operation("This document", (200, JSON)),
     ("/webhooks/voice", "POST"): Operation(
         "Telnyx Call Control webhooks, signed (Ed25519)", (200, WebhookAck), (400, 401, 413, 422),
@@ -635,9 +656,10 @@ class _RequestSchema(GenerateJsonSchema):
         return json_schema
 
 
-REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery, EventsQuery)
+REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery, EventsQuery,
+                                      ConsoleLogin)
 ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck,
-                                     ClipList, VoiceList)
+                                     ClipList, VoiceList, ConsoleAnswer)
 
 
 def _components() -> dict[str, Any]:

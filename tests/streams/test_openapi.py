@@ -64,7 +64,9 @@ def test_the_document_lists_every_route_the_app_serves(tmp_path: Path) -> None:
         for path, item in document["paths"].items():
             for method, operation in item.items():
                 public = operation.get("security") == []
-                assert ("401" in operation["responses"]) != public or path == "/webhooks/voice", (path, method)
+                # The webhooks answer 401 for a bad signature, the console's sign-in for a wrong token.
+                assert ("401" in operation["responses"]) != public or path in ("/webhooks/voice", "/console/login"), \
+                    (path, method)
     finally:
         shutdown(app)
 
