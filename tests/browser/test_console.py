@@ -4,6 +4,7 @@ API's own, and with API_TOKEN nothing but the sign-in page is served without the
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def test_an_uploaded_wav_is_heard(make_console, telnyx: FakeTelnyx, tmp_path: Pa
     row = page.wait(lambda: page.injection_rows(), "the upload listed")[0]
     assert "file upload.wav" in row.text
     page.wait(lambda: page.find("injection-status", page.injection_rows()[0]).text == "finished", "it to finish")
+    # Dropped on the drop zone, as a file dragged from the desktop arrives.
+    dropped = base64.b64encode(wav_bytes(0.3 * np.sin(2 * np.pi * 1500 * np.arange(RATE) / RATE))).decode()
+    start = len(call.heard_pcm())
+    page.driver.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.wav", {type: "audio/wav"}));
+        const zone = document.querySelector('[data-test="drop-zone"]');
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    """, dropped)
+    assert abs(dominant_hz(heard_after(call, start, 4000), RATE) - 1500) < 5
+    page.wait(lambda: "file dropped.wav" in page.injection_rows()[0].text, "the dropped file listed")
 
 
 def test_a_picked_clip_is_heard(make_console, telnyx: FakeTelnyx, media_dir: Path) -> None:
