@@ -22,10 +22,10 @@ import numpy as np
 
 from mixer.batch import FrameBlock, finish_frames
 from mixer.codecs import Codec
-from mixer.ducking import levels_dbfs
+from mixer.ducking import levels_dbfs, row_levels_dbfs
 from mixer.mixer import Mixer
 from streams.connection import Sender
-from streams.levels import SentMeter
+from streams.levels import SENT_EVERY_TICKS, SentMeter
 from streams.protocol import media_frame, media_messages
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Framer:
 
     def __init__(self) -> None:
         self._blocks: dict[int, FrameBlock] = {}
+        self._ticks = 0  # produce() calls, for the meters' sampling
 
     def feed_levels(self, calls: Sequence[Framed]) -> None:
         """Measure the caller audio every call received since the last tick, for ducking."""
@@ -100,6 +101,8 @@ class Framer:
 
     def produce(self, calls: Sequence[Framed]) -> list[Framed]:
         """One frame for each call that has something to send; returns the calls that sent one."""
+        self._ticks += 1
+        metered = self._ticks % SENT_EVERY_TICKS == 0
         by_size: dict[int, list[Framed]] = defaultdict(list)
         for call in calls:
             by_size[call.frame_samples].append(call)
@@ -121,13 +124,13 @@ class Framer:
             if not mixed:
                 continue
             try:
-                self._send(rows[:len(mixed)], mixed, sent)
+                self._send(rows[:len(mixed)], mixed, sent, metered)
             except Exception:  # only this group's frame is lost; the clock keeps going
                 logger.exception("finishing %d frames of %d samples failed", len(mixed), samples)
         return sent
 
     @staticmethod
-    def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
+    def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed], metered: bool) -> None:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed], [frame.gain for _, frame in mixed])
         codec = mixed[0][1].codec
         if all(frame.codec is codec for _, frame in mixed):
@@ -136,11 +139,10 @@ class Framer:
         else:  # calls of one frame size on different codecs: rare, encode row by row
             messages = [media_frame(frame.codec.encode(row)).encode()
                         for (_, frame), row in zip(mixed, pcm, strict=True)]
-        # Every row's level in one pass, for the calls' meters (GET /streams/<id>).
-        levels = levels_dbfs(pcm.reshape(-1), [pcm.shape[1]] * len(mixed))
-        now = time.monotonic()
-        for (call, _), level in zip(mixed, levels, strict=True):
-            call.sent_meter.add(now, level)
+        if metered:  # every row's level in one pass, for the calls' meters (GET /streams/<id>)
+            now = time.monotonic()
+            for (call, _), level in zip(mixed, row_levels_dbfs(pcm), strict=True):
+                call.sent_meter.add(now, level)
         for (call, frame), message in zip(mixed, messages, strict=True):
             try:
                 if call.end_frame(frame, message):

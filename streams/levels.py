@@ -1,10 +1,11 @@
-"""A call's live levels for GET /streams/<id>: the caller's and ours, RMS dBFS over the last frames.
+"""A call's live levels for GET /streams/<id>: the caller's and ours, RMS dBFS over the last WINDOW_S.
 
-The media path only remembers (a deque append per frame); the measuring is done when a view asks,
-on the request thread. The caller's audio is kept as it arrived (decoding it per frame on the
-loop would cost what the clock's batching saves); ours as the level the framer measured for the
-whole tick's block at once. Only frames of the last WINDOW_S count, so a silent or ended stream
-reads as FLOOR_DBFS rather than as its last loud frame.
+The media path only remembers (a deque append); the measuring is done when a view asks, on the
+request thread. The caller's audio is kept as it arrived (decoding it per frame on the loop
+would cost what the clock's batching saves); ours as the level the framer measures for a whole
+tick's block at once, on one tick in SENT_EVERY_TICKS (a meter needs no more, and 500 calls'
+appends every tick cost the clock half a millisecond). Only what is younger than WINDOW_S
+counts, so a silent or ended stream reads as FLOOR_DBFS rather than as its last loud frame.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 from mixer.codecs import Codec
 from mixer.ducking import rms_dbfs
 
-FRAMES = 10  # frames measured: 200 ms at 20 ms
-WINDOW_S = 0.5  # frames older than this are not "now"
+WINDOW_S = 0.3  # what is older than this is not "now"
+FRAMES = 15  # caller frames kept: WINDOW_S of 20 ms frames
+SENT_EVERY_TICKS = 5  # our level is measured on one tick in this many (every 100 ms at 20 ms)
 FLOOR_DBFS = -96.0  # reported for silence or no audio (16-bit's floor): a number, always
 
 

@@ -427,8 +427,8 @@ class Frames(Answer):
 
 
 class Levels(Answer):
-    caller_dbfs: float = Field(description="RMS level of the caller's last 200 ms; -96 for silence or none.")
-    sent_dbfs: float = Field(description="RMS level of what the server sent in the last 200 ms; -96 for none.")
+    caller_dbfs: float = Field(description="RMS level of the caller's last 300 ms; -96 for silence or none.")
+    sent_dbfs: float = Field(description="RMS level of what the server sent in the last 300 ms; -96 for none.")
 
 
 class Stream(Answer):

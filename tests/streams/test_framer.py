@@ -12,7 +12,7 @@ from mixer.geometry import FrameGeometry
 from mixer.mixer import Mixer
 from streams.clock import MediaClock
 from streams.framer import Framer, OutFrame
-from streams.levels import FLOOR_DBFS, SentMeter
+from streams.levels import FLOOR_DBFS, SENT_EVERY_TICKS, SentMeter
 from streams.protocol import media_frame
 
 LOUD, QUIET = 12000, 3
@@ -91,12 +91,16 @@ def test_each_calls_sent_level_is_measured_from_its_own_row() -> None:
         Call("idle", "PCMU", 8000, playing=False)
     quiet.mixer.add("hum", np.full(8000, 0.001, dtype=np.float32))
     framer = Framer()
-    for _ in range(5):
+    for _ in range(SENT_EVERY_TICKS - 1):
         framer.produce([loud, quiet, idle])
-    frames = [loud.twin.mix() for _ in range(5)]
-    pcm = np.concatenate([f.pcm for f in frames if f is not None])
-    rms = 20 * np.log10(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) / 32768)
+        loud.twin.mix()
+    assert loud.sent_meter.dbfs(0.0) == FLOOR_DBFS  # not measured yet: one tick in SENT_EVERY_TICKS
+    framer.produce([loud, quiet, idle])
+    frame = loud.twin.mix()
+    assert frame is not None
+    rms = 20 * np.log10(np.sqrt(np.mean(frame.pcm.astype(np.float64) ** 2)) / 32768)
     stamps = [at for at, _ in loud.sent_meter._frames]
+    assert len(stamps) == 1
     now = stamps[-1]
     assert loud.sent_meter.dbfs(now) == pytest.approx(rms, abs=0.1)
     assert -70 < quiet.sent_meter.dbfs(now) < -50  # 0.001 of full scale: -60 dBFS

@@ -13,11 +13,13 @@ def test_the_caller_meter_reads_the_rms_of_its_last_frames() -> None:
     codec = get_codec("L16", 8000)
     meter = CallerMeter()
     assert meter.dbfs(0.0) == FLOOR_DBFS
-    for i in range(FRAMES + 5):  # the first five drop out of the window
-        level = 32767 if i < 5 else 3277  # full scale, then about -20 dBFS
-        meter.add(i * 0.02, codec, codec.encode(np.full(160, level, dtype=np.int16)))
-    assert meter.dbfs((FRAMES + 4) * 0.02) == pytest.approx(-20.0, abs=0.1)
-    assert meter.dbfs((FRAMES + 4) * 0.02 + WINDOW_S + 0.01) == FLOOR_DBFS  # nothing recent: silence
+    for i in range(5):  # full scale, long ago
+        meter.add(i * 0.02, codec, codec.encode(np.full(160, 32767, dtype=np.int16)))
+    for i in range(FRAMES - 2):  # about -20 dBFS, within the window
+        meter.add(10 + i * 0.02, codec, codec.encode(np.full(160, 3277, dtype=np.int16)))
+    now = 10 + (FRAMES - 3) * 0.02
+    assert meter.dbfs(now) == pytest.approx(-20.0, abs=0.1)
+    assert meter.dbfs(now + WINDOW_S + 0.01) == FLOOR_DBFS  # nothing recent: silence
 
 
 def test_the_caller_meter_decodes_each_frame_with_its_codec() -> None:
