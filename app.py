@@ -6,6 +6,7 @@ the event log, the session registry, the Telnyx command runner, then the bluepri
 
 from __future__ import annotations
 
+import binascii
 import ctypes
 import gc
 import logging
@@ -33,6 +34,7 @@ from mixer.mixer import DuckingConfig
 from runtime import VERSION, Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
+from streams.callbacks import Callbacks, signing_key
 from streams.feed import EventFeed
 from streams.registry import SessionRegistry
 from streams.session import SessionSettings
@@ -83,6 +85,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                             timeout_s=cfg.TELNYX_TIMEOUT_S, max_retries=cfg.TELNYX_MAX_RETRIES,
                             log=log, metrics=metrics)
     registry = SessionRegistry(settings, log, metrics)
+    try:
+        key, key_kept = signing_key(cfg.CALLBACK_SIGNING_KEY, cfg.CLUSTER_SECRET if cfg.scaled else "")
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"CALLBACK_SIGNING_KEY: {exc}") from None
+    if cfg.CALLBACK_URL and not key_kept:
+        logger.warning("callbacks are signed with a key made at start-up (GET /callbacks/public-key); set "
+                       "CALLBACK_SIGNING_KEY to keep one across restarts")
+    registry.callbacks = Callbacks(url=cfg.CALLBACK_URL, key=key, log=log, allow_private=cfg.CALLBACK_ALLOW_PRIVATE)
     node = None
     if cfg.scaled:
         node = ClusterNode(redis_url=cfg.REDIS_URL, secret=cfg.CLUSTER_SECRET, node_id=node_id,
@@ -94,6 +104,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
                  feed=EventFeed(log, max_listeners=cfg.EVENT_FEEDS_MAX, max_age_s=cfg.EVENT_FEED_MAX_S),
+                 callbacks=registry.callbacks, callbacks_key_persistent=key_kept,
                  cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
 
@@ -129,6 +140,7 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
         rt.cluster.stop()
     rt.commands.close()  # waits for the commands in flight (their rows)
     rt.feed.close()
+    rt.callbacks.close()
     rt.log.record("server.stopped", None)
     rt.log.flush()
     rt.log.close()

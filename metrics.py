@@ -46,8 +46,8 @@ REJECTION_CODES = (
     "invalid_json", "unsupported_media_type", "payload_too_large", "unknown_field", "invalid_field", "out_of_range",
     "missing_source", "multiple_sources", "undecodable_audio", "audio_too_long", "unknown_clip", "unknown_voice",
     "speech_unavailable", "audio_url_forbidden", "audio_url_too_large", "audio_url_unreachable", "audio_url_timeout",
-    "audio_url_failed", "too_many_injections", "stream_not_found", "stream_not_active", "unauthorized",
-    "database_unavailable", "cluster_unavailable", "internal_error", "other",
+    "audio_url_failed", "callback_url_forbidden", "too_many_injections", "stream_not_found", "stream_not_active",
+    "unauthorized", "database_unavailable", "cluster_unavailable", "internal_error", "other",
 )
 
 # Upper bounds (seconds) of the lateness histogram: how late a media clock tick ran against its deadline.

@@ -22,6 +22,7 @@ from mixer.errors import AudioError
 from runtime import VERSION
 from runtime import current as runtime
 from streams import injections, schemas
+from streams.callbacks import CallbackUrlError, check_url
 from streams.feed import RETRY_MS, FeedsFull, QueueSink, Sink
 from streams.session import CallSession, Injection
 from streams.status import CallNotActive, TooManyInjections
@@ -89,6 +90,11 @@ def inject(key: str) -> tuple[Response, int]:
     session = _live_session(key)
     fields, files = _request_fields()
     req = injections.parse_request(fields, files)
+    if req.callback_url is not None:
+        try:
+            check_url(req.callback_url, allow_private=rt.config.CALLBACK_ALLOW_PRIVATE)
+        except CallbackUrlError as exc:
+            raise ApiError(422, "callback_url_forbidden", str(exc), "callback_url") from None
     if session.active_injections() >= rt.config.MAX_ACTIVE_INJECTIONS:
         raise _too_many()  # early, before decoding; add_injection checks again atomically
     inj_id = "inj_" + secrets.token_hex(8)
@@ -101,7 +107,7 @@ def inject(key: str) -> tuple[Response, int]:
         id=inj_id, call_control_id=session.call_control_id, source=injections.describe(req),
         gain_db=float(req.gain_db), loop=req.loop, fade_in_ms=req.fade_in_ms,
         fade_out_ms=req.fade_out_ms, duck=req.duck, label=req.label, mode=req.mode,
-        duration_ms=duration_ms,
+        duration_ms=duration_ms, callback_url=req.callback_url,
     )
     # The answer shows it as created (DESIGN §5): the clock may start playing it before we reply.
     view = session.injection_view(inj)
@@ -248,6 +254,13 @@ def voices() -> Response:
     except AudioError as exc:  # the speech worker could not start
         raise ApiError(503, exc.code, str(exc)) from None
     return jsonify({"items": names})
+
+
+@bp.get("/callbacks/public-key")
+def callback_key() -> Response:
+    """The Ed25519 key that signs every callback (streams.callbacks), to verify them with."""
+    rt = runtime()
+    return jsonify({"public_key": rt.callbacks.public_key, "persistent": rt.callbacks_key_persistent})
 
 
 @bp.get("/metrics")

@@ -10,6 +10,7 @@ from typing import Protocol
 from eventlog import EventLog
 from metrics import Metrics
 from mixer.pacer import PacerStats
+from streams.callbacks import Callbacks
 from streams.clock import MediaClock
 from streams.session import CallSession, SessionSettings
 from streams.status import CallStatus
@@ -30,6 +31,7 @@ class SessionRegistry:
     def __init__(self, settings: SessionSettings, log: EventLog, metrics: Metrics) -> None:
         self.settings = settings
         self.watcher: Watcher | None = None
+        self.callbacks: Callbacks | None = None  # handed to every session it opens
         self._log = log
         self._metrics = metrics
         # Guards both maps; never held while calling into a session.
@@ -62,6 +64,7 @@ class SessionRegistry:
             if call_control_id in self._ended:
                 return None, False
             session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock)
+            session.callbacks = self.callbacks
             self._by_call[call_control_id] = session
         # The call is known from here (its first webhook or, without one, its first `start`); its
         # media stream is logged as stream.started when Telnyx connects.

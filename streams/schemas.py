@@ -183,6 +183,8 @@ class InjectBody(Strict):
     label: Label = Field(None)
     voice: Name = Field(None, description="For a text source only.")
     language: Language = Field(None, description="For a text source only.")
+    callback_url: AudioUrl = Field(None, description="http(s) URL: a signed POST when this injection "
+                                   "finishes, stops or fails.")
 
     model_config = ConfigDict(json_schema_extra={
         "description": "Exactly one source: audio_url, audio_base64, clip, tone, dtmf or text "
@@ -419,6 +421,7 @@ class Injection(Answer):
     mode: Literal["mix", "playback"]
     played_ms: int
     error: str | None
+    callback_url: str | None = None
 
 
 class Frames(Answer):
@@ -491,6 +494,12 @@ class VoiceList(Answer):
                              "`+m1`..`+m7` pick a variant).")
 
 
+class CallbackKey(Answer):
+    public_key: str = Field(description="base64 Ed25519 public key that signs every callback.")
+    persistent: bool = Field(description="false: made at start-up, a restart changes it (set "
+                             "CALLBACK_SIGNING_KEY).")
+
+
 class ConsoleAnswer(Answer):
     status: Literal["ok"]
 
@@ -560,6 +569,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "The event log live, as Server-Sent Events (each message's data is one /stream-log item)",
         (200, "text/event-stream"), (422, "503-feeds"), query=EventsQuery),
     ("/clips", "GET"): Operation("The media library: the names a `clip` may take", (200, ClipList)),
+    ("/callbacks/public-key", "GET"): Operation("The key callbacks are signed with", (200, CallbackKey)),
     ("/voices", "GET"): Operation("The voices a `text` injection may name", (200, VoiceList), ("503-speech",)),
     ("/metrics", "GET"): Operation("Prometheus metrics", (200, "text/plain")),
     ("/console", "GET"): Operation("The operator console (the sign-in page until signed in)", (200, "text/html")),
@@ -659,7 +669,7 @@ class _RequestSchema(GenerateJsonSchema):
 REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamsQuery, StreamLogQuery, EventsQuery,
                                       ConsoleLogin)
 ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck,
-                                     ClipList, VoiceList, ConsoleAnswer)
+                                     ClipList, VoiceList, ConsoleAnswer, CallbackKey)
 
 
 def _components() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
 from streams import protocol
+from streams.callbacks import Callbacks
 from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
@@ -69,6 +70,7 @@ class Injection:
     ended_at: str | None = None
     error: str | None = None
     played_ms: int = 0
+    callback_url: str | None = None  # told when it ends (streams.callbacks)
 
     @property
     def active(self) -> bool:
@@ -113,6 +115,7 @@ class CallSession:
         self.caller_meter = CallerMeter()
         self.sent_meter = SentMeter()
         self._moved = False  # handed to another node (moved())
+        self.callbacks: Callbacks | None = None  # told when an injection or the call ends
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -153,6 +156,8 @@ class CallSession:
             conn.close(CloseCode.NORMAL, reason)
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
+        if self.callbacks is not None:
+            self.callbacks.call_ended(self.view())
 
     def moved(self) -> None:
         """The call now lives on another node (cluster/): this copy takes nothing more."""
@@ -337,6 +342,8 @@ class CallSession:
         self._metrics.inc("injections_total", status=status)
         self._log.record(f"injection.{status}", self.call_control_id, injection_id=inj.id,
                          played_ms=inj.played_ms, error=error)
+        if self.callbacks is not None:  # only queued: this runs under the session's lock
+            self.callbacks.injection_ended(self.injection_view(inj), inj.callback_url)
 
     def _played_ms(self, inj: Injection) -> int:
         if inj.mode != "mix":
@@ -426,6 +433,7 @@ class CallSession:
             "mode": inj.mode,
             "played_ms": played,
             "error": inj.error,
+            "callback_url": inj.callback_url,
         }
 
     def levels(self) -> dict[str, float]:

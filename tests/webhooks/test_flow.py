@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from config import load_config
 from eventlog import EventLog
 from metrics import Metrics
 from runtime import Runtime
 from streams.auth import StreamAuth, StreamAuthError
+from streams.callbacks import Callbacks
 from streams.feed import EventFeed
 from streams.registry import SessionRegistry
 from streams.status import CallStatus, InjectionStatus
@@ -53,7 +55,8 @@ def rt(tmp_path: Path, log: EventLog) -> Iterator[Runtime]:
     registry.clock.drive_from(lambda: None)  # no clock thread
     yield Runtime(config=config, log=log, metrics=metrics, registry=registry, commands=FakeCommands(),
                   stream_auth=StreamAuth(secret="s" * 32),
-                  feed=EventFeed(log, max_listeners=1, max_age_s=1))
+                  feed=EventFeed(log, max_listeners=1, max_age_s=1),
+                  callbacks=Callbacks(url="", key=SigningKey.generate(), log=log, allow_private=False))
     registry.clock.stop()
 
 
