@@ -9,6 +9,11 @@ other WSGI server. Writing never blocks this thread.
 
 Each message is one event as /stream-log shows it, with its id as the SSE id, so a client that
 reconnects with Last-Event-ID (or `cursor`) misses nothing and sees nothing twice.
+
+Ids are given when a row is inserted, not when it is committed: on PostgreSQL two nodes' writers
+may commit 101 before 100, and a reader that moved on past 101 would never send 100. So a feed
+stops at a gap in the ids until it fills, or for GAP_WAIT_S at most (an id a failed write used
+up never comes; SQLite's single writer leaves no gaps).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PAGE = 500  # rows read per query; a listener far behind catches up a page per round
 RETRY_MS = 2000  # the reconnection delay a client is told (`retry:`)
+GAP_WAIT_S = 2.0  # how long a missing id is waited for (see the module docstring)
 
 
 class Sink(Protocol):
@@ -88,6 +94,7 @@ class EventFeed:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._unavailable_logged = False
+        self._gaps: dict[int, float] = {}  # first id of a gap -> when it was first seen (feed thread)
 
     def __len__(self) -> int:
         return len(self._listeners)
@@ -144,8 +151,9 @@ class EventFeed:
             listeners = list(self._listeners)
         if not listeners:
             return
-        rows = self._read(min(listener.after for listener in listeners))
+        start = min(listener.after for listener in listeners)
         now = self._clock()
+        rows = self._settled(start, self._read(start), now)
         gone = []
         for listener in listeners:
             if listener.sink.closed:
@@ -169,6 +177,21 @@ class EventFeed:
                 self._listeners = [listener for listener in self._listeners if listener not in gone]
         if len(rows) == PAGE:
             self._wake.set()  # more waiting: the next round at once
+
+    def _settled(self, start: int, rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """`rows` up to the first gap in the ids after `start` that may still fill (see the module
+        docstring); a gap older than GAP_WAIT_S is taken as for good."""
+        expected = start + 1
+        for i, row in enumerate(rows):
+            if row["id"] != expected:
+                seen = self._gaps.setdefault(expected, now)
+                if now - seen < GAP_WAIT_S:
+                    rows = rows[:i]
+                    break
+            expected = row["id"] + 1
+        for first in [first for first in self._gaps if first <= start]:
+            del self._gaps[first]  # everyone is past it
+        return rows
 
     def _read(self, after: int) -> list[dict[str, Any]]:
         try:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventlog import EventLog
-from streams.feed import EventFeed, FeedsFull, QueueSink
+from streams.feed import GAP_WAIT_S, EventFeed, FeedsFull, QueueSink
 
 
 class Sink:
@@ -133,3 +133,40 @@ def test_a_queue_sink_is_bounded_and_its_body_ends_with_it() -> None:
     assert sink.closed
     assert next(body) == b"1234567890"
     assert list(body) == []
+
+
+class GappyLog:
+    """An event log whose ids commit out of order, as two PostgreSQL writers' may."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(self, *ids: int) -> None:
+        self.rows += [{"id": i, "at": "", "call_control_id": None, "event": "e", "data": {}} for i in ids]
+        self.rows.sort(key=lambda row: row["id"])
+
+    def events(self, *, after_id: int, limit: int, **_: object) -> tuple[list[dict], None]:
+        return [row for row in self.rows if row["id"] > after_id][:limit], None
+
+
+def test_a_feed_waits_at_a_gap_in_the_ids_for_a_while_then_goes_on() -> None:
+    log, clock = GappyLog(), Clock()
+    events = EventFeed(log, max_listeners=2, max_age_s=600, clock=clock, threaded=False)  # type: ignore[arg-type]
+    sink = Sink()
+    events.listen(lambda: sink, call_control_id=None, event=None, after=0)
+    log.add(1, 2, 4)  # 3 is inserted, not yet committed
+    events.poll()
+    assert sink.ids() == [1, 2]
+    clock.now = 0.5
+    log.add(3)
+    events.poll()
+    assert sink.ids() == [1, 2, 3, 4]  # in order, nothing lost
+    log.add(6)  # 5 was used up by a failed write: it never comes
+    events.poll()
+    assert sink.ids() == [1, 2, 3, 4]
+    clock.now = 0.5 + GAP_WAIT_S
+    events.poll()
+    assert sink.ids() == [1, 2, 3, 4, 6]
+    log.add(7)
+    events.poll()
+    assert sink.ids() == [1, 2, 3, 4, 6, 7]
