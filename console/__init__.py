@@ -10,9 +10,12 @@ the cookie too, only its style sheet and the sign-in script are public.
 from __future__ import annotations
 
 import hmac
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 import apitoken
 from errors import ApiError
@@ -29,10 +32,40 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# Sign-in guesses: an address with this many wrong tokens within the window waits out the window.
+MAX_FAILED_LOGINS = 10
+LOGIN_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 10_000
+
 bp = Blueprint("console", __name__)
 
 
+class LoginThrottle:
+    """Wrong tokens per remote address, over a sliding window; bounded in memory."""
+
+    def __init__(self, limit: int = MAX_FAILED_LOGINS, window_s: float = LOGIN_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        # Guards _failures (request threads): address -> monotonic times of its recent wrong tokens.
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def wait_s(self, address: str, now: float) -> float:
+        """0 if `address` may try now, else how long until it may."""
+        with self._lock:
+            recent = [t for t in self._failures.get(address, []) if now - t < self.window_s]
+            return self.window_s - (now - recent[0]) if len(recent) >= self.limit else 0.0
+
+    def failed(self, address: str, now: float) -> None:
+        with self._lock:
+            recent = [t for t in self._failures.pop(address, []) if now - t < self.window_s]
+            self._failures[address] = [*recent, now][-self.limit:]
+            while len(self._failures) > MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)  # the least recently failing address
+
+
 def init_app(app: Flask) -> None:
+    app.extensions["console_logins"] = LoginThrottle()
     app.register_blueprint(bp)
 
 
@@ -78,7 +111,13 @@ def login() -> Response:
         raise ApiError(422, "invalid_field", "The body must be a JSON object.")
     form = schemas.parse(schemas.ConsoleLogin, body)
     token = runtime().config.API_TOKEN
+    throttle: LoginThrottle = current_app.extensions["console_logins"]
+    address, now = request.remote_addr or "", time.monotonic()
+    wait = throttle.wait_s(address, now)
+    if token and wait:
+        raise ApiError(429, "too_many_requests", f"Too many wrong tokens; try again in {wait:.0f} s.")
     if token and not hmac.compare_digest(form.token.encode(), token.encode()):
+        throttle.failed(address, now)
         raise ApiError(401, "unauthorized", "That is not the API token.", "token")
     response = jsonify({"status": "ok"})
     if token:

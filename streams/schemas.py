@@ -541,6 +541,7 @@ _ERRORS: dict[int | str, str] = {
     502: "The audio_url could not be fetched (audio_url_unreachable, audio_url_timeout, audio_url_failed).",
     503: "The event log cannot write: the server is degraded.",
     "401-login": "Not the API token (unauthorized).",
+    "429-login": "Too many wrong tokens from this address in the last minute (too_many_requests).",
     "503-speech": "Text to speech is not available on this server (speech_unavailable).",
     "503-feeds": "Every event feed slot is taken (too_many_feeds), or the event log cannot be read "
                  "(database_unavailable).",
@@ -578,7 +579,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/console/login.js", "GET"): Operation("The sign-in page's script", (200, "text/javascript")),
     ("/console/login", "POST"): Operation(
         "Sign the console in: the API token for a session cookie (HttpOnly, SameSite=Strict)",
-        (200, ConsoleAnswer), (400, "401-login", 422), body=ConsoleLogin),
+        (200, ConsoleAnswer), (400, "401-login", 422, "429-login"), body=ConsoleLogin),
     ("/console/logout", "POST"): Operation("Sign the console out (drop its cookie)", (200, ConsoleAnswer)),
     ("/openapi.json", "GET"): Operation("This document", (200, JSON)),
     ("/webhooks/voice", "POST"): Operation(

@@ -78,3 +78,24 @@ def test_without_a_token_the_console_needs_no_sign_in(make_app) -> None:
     assert client.get("/console/console.js").status_code == 200
     answer = client.post("/console/login", json={"token": "anything"})
     assert answer.status_code == 200 and "Set-Cookie" not in answer.headers
+
+
+def test_guessing_the_token_is_slowed_to_ten_tries_a_minute_per_address(make_app) -> None:
+    client = make_app("tok-123")
+    for i in range(10):
+        assert client.post("/console/login", json={"token": f"guess-{i}"}).status_code == 401
+    refused = client.post("/console/login", json={"token": "tok-123"})  # even the right one, for now
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "too_many_requests"
+    other = client.post("/console/login", json={"token": "tok-123"}, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 200  # another address is not held up
+
+
+def test_the_throttle_forgets_old_failures() -> None:
+    from console import LoginThrottle
+
+    throttle = LoginThrottle(limit=2, window_s=60)
+    throttle.failed("a", 0.0)
+    throttle.failed("a", 1.0)
+    assert throttle.wait_s("a", 2.0) == 58.0
+    assert throttle.wait_s("a", 60.5) == 0.0  # the first has left the window
+    assert throttle.wait_s("b", 2.0) == 0.0
