@@ -75,6 +75,30 @@ def test_a_dtmf_key_is_heard(make_console, telnyx: FakeTelnyx) -> None:
     assert min(powers[770], powers[1336]) > 50 * max(powers[697], powers[852], powers[1209], powers[1477])
     page.wait(lambda: any("DTMF 5" in row.text for row in page.injection_rows()), "the injection listed")
     page.screenshot("dtmf")
+    # The call's log, filtered as /stream-log filters: only the injection's events, live.
+    page.find("log-event").send_keys("injection")
+    page.find("log-apply").click()
+    logged = "return [...document.querySelectorAll('[data-test=log-entry]')].map((e) => e.dataset.event)"
+    page.wait(lambda: page.driver.execute_script(logged) == ["injection.created", "injection.playing",
+                                                             "injection.finished"], "the filtered log")
+
+
+def test_text_in_a_picked_voice_is_heard(make_console, telnyx: FakeTelnyx) -> None:
+    server, page = make_console()
+    page.open()
+    call = streaming_call(telnyx, server)
+    page.open_call(call.call_control_id)
+    page.wait(lambda: page.find("voice-select").find_elements(By.CSS_SELECTOR, 'option[value="en-us"]'), "the voices")
+    page.find("voice-select").find_element(By.CSS_SELECTOR, 'option[value="en-us"]').click()
+    page.find("speak-text").send_keys("Hello from the console")
+    start = len(call.heard_pcm())
+    page.find("inject-text").click()
+    speech = heard_after(call, start, 4000)
+    assert sine_peak_dbfs(speech) > -40  # words, not silence
+    row = page.wait(lambda: page.injection_rows(), "the speech listed")[0]
+    assert 'speak "Hello from the console"' in row.text
+    injection = server.http.get(f"/streams/{call.call_control_id}").json()["injections"][0]
+    assert injection["source"]["voice"] == "en-us"
 
 
 def test_an_uploaded_wav_is_heard(make_console, telnyx: FakeTelnyx, tmp_path: Path) -> None:
