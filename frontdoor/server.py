@@ -44,7 +44,7 @@ from frontdoor.http import CONTINUE, HttpError, Request, RequestReader, error_re
 from frontdoor.nowait import Reader
 from frontdoor.stream import ResponseStream
 from frontdoor.websocket import READ, WRITE, Connection, Handler, Limits
-from frontdoor.wsgi import WsgiPool
+from frontdoor.wsgi import WsgiPool, access_logger, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -568,6 +568,8 @@ class FrontDoor:
     def _refuse(self, hc: _HttpConn, exc: HttpError) -> None:
         """Answer with the error and close; the door's own answer, the app never sees it."""
         self.http_refused += 1
+        method, path = hc.reader.line or ("-", "-")  # refused before its request line was read: "-"
+        access_logger.info("%s %s %d refused by the front door", method, printable_path(path), exc.status)
         extra = wire.UPGRADE_REQUIRED if exc.status == 426 else ()
         hc.response += exc.response(extra)
         self._start_response(hc)

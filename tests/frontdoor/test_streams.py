@@ -163,3 +163,13 @@ def test_one_access_log_line_per_request_without_the_query(door_with: Any,
     assert lines[0].startswith("GET /hello 200 ") and lines[0].endswith("ms")
     assert lines[1].startswith("GET /nowhere\\nFAKE 404 ")
     assert not any("s3cret" in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_the_door_refuses_is_logged_too(door_with: Any, caplog: pytest.LogCaptureFixture) -> None:
+    door, _ = door_with(max_body_bytes=10)
+    with caplog.at_level(logging.INFO, logger="frontdoor.access"):
+        answer = httpx.post(f"http://127.0.0.1:{door.port}/hello?token=x", content=b"0123456789abc", timeout=WAIT_S)
+        assert answer.status_code == 413
+        wait_until(lambda: any(r.name == "frontdoor.access" for r in caplog.records), what="the log line")
+    lines = [r.getMessage() for r in caplog.records if r.name == "frontdoor.access"]
+    assert lines == ["POST /hello 413 refused by the front door"]
