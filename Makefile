@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 SESSION ?= default
 ARGS ?=
 
-.PHONY: demo demo-cluster test lint services serve sim-serve call bench clean
+.PHONY: demo demo-cluster test lint services console-png serve sim-serve call bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,19 +27,25 @@ test: lint services
 	$(BIN)/python -m pytest
 
 # The tests start their own Redis and PostgreSQL on free ports (simulator/servers.py) from Debian's
-# binaries: installed here when missing (as root), else named. A cluster the postgresql package
-# may start on port 5432 is not used.
+# binaries, and drive the console in Debian's headless Chromium (tests/browser/): installed here
+# when missing (as root), else named. A cluster the postgresql package may start on port 5432 is
+# not used.
 services:
-	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
+			&& command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 		:; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-			redis-server postgresql; \
+			redis-server postgresql chromium chromium-driver; \
 	else \
-		echo "The tests need redis-server and PostgreSQL: install the Debian packages redis-server and" \
-			"postgresql (sudo apt-get install redis-server postgresql), or run make test as root." >&2; \
+		echo "The tests need redis-server, PostgreSQL and Chromium: install the Debian packages redis-server," \
+			"postgresql, chromium and chromium-driver (sudo apt-get install ...), or run make test as root." >&2; \
 		exit 1; \
 	fi
+
+# docs/console.png: the console during a simulated call, from the browser test that shows one.
+console-png: $(STAMP) services
+	CONSOLE_PNG=docs/console.png $(BIN)/python -m pytest tests/browser -k during_a_call -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

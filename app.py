@@ -6,7 +6,9 @@ the event log, the session registry, the Telnyx command runner, then the bluepri
 
 from __future__ import annotations
 
+import binascii
 import ctypes
+import fcntl
 import functools
 import gc
 import logging
@@ -18,12 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 import apitoken
 import cluster.views
+import console
 import errors
 from cluster.node import ClusterNode
 from config import ConfigError, load_config
@@ -34,6 +38,8 @@ from mixer.mixer import DuckingConfig
 from runtime import VERSION, Runtime
 from streams import api, socket
 from streams.auth import StreamAuth
+from streams.callbacks import Callbacks, signing_key
+from streams.feed import EventFeed
 from streams.recording import Recordings
 from streams.registry import SessionRegistry
 from streams.resume import LocalResume, unix_seconds
@@ -72,8 +78,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Calls the last process was playing when it stopped: those young enough are asked of Telnyx
     # again once this one listens (serve), the rest marked interrupted. In scaled mode the other
     # nodes' calls are in the same history, and a dead node's are the survivors' to take over.
-    resumable = [] if cfg.scaled else resumable_calls(log, cfg.RESUME_WINDOW_S)
-    interrupted = [] if cfg.scaled else log.mark_interrupted(keep=frozenset(resumable))
+    alone = not cfg.scaled and _only_user_of(cfg.DATABASE_PATH, app)
+    resumable = resumable_calls(log, cfg.RESUME_WINDOW_S) if alone else []
+    interrupted = log.mark_interrupted(keep=frozenset(resumable)) if alone else []
     if interrupted:
         logger.warning("%d call(s) were live when the server last stopped; marked interrupted",
                        len(interrupted))
@@ -98,6 +105,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                             retention_days=cfg.RECORDING_RETENTION_DAYS, log=log, metrics=metrics,
                             node=node_id if cfg.scaled else None)
     registry = SessionRegistry(settings, log, metrics, recordings)
+    try:
+        key, key_kept = signing_key(cfg.CALLBACK_SIGNING_KEY, cfg.CLUSTER_SECRET if cfg.scaled else "")
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"CALLBACK_SIGNING_KEY: {exc}") from None
+    if cfg.CALLBACK_URL and not key_kept:
+        logger.warning("callbacks are signed with a key made at start-up (GET /callbacks/public-key); set "
+                       "CALLBACK_SIGNING_KEY to keep one across restarts")
+    registry.callbacks = Callbacks(url=cfg.CALLBACK_URL, key=key, log=log, allow_private=cfg.CALLBACK_ALLOW_PRIVATE)
     node = None
     if cfg.scaled:
         node = ClusterNode(redis_url=cfg.REDIS_URL, secret=cfg.CLUSTER_SECRET, node_id=node_id,
@@ -110,7 +125,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     stream_secret = cfg.STREAM_AUTH_SECRET or (f"stream:{cfg.CLUSTER_SECRET}" if cfg.scaled else "")
     rt = Runtime(config=cfg, log=log, metrics=metrics, registry=registry, commands=commands,
                  stream_auth=StreamAuth(static_token=cfg.STREAM_AUTH_TOKEN, secret=stream_secret),
-                 recordings=recordings, cluster=node, node_id=node_id)
+                 recordings=recordings,
+                 feed=EventFeed(log, max_listeners=cfg.EVENT_FEEDS_MAX, max_age_s=cfg.EVENT_FEED_MAX_S),
+                 callbacks=registry.callbacks, callbacks_key_persistent=key_kept,
+                 cluster=node, node_id=node_id)
     app.extensions["mixer_runtime"] = rt
     app.extensions["resumable_calls"] = resumable
     if node is not None:  # a survivor's takeover asks Telnyx to stream the call again
@@ -123,11 +141,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if node is not None:  # ...and a client's is relayed to another node only after it
         cluster.views.init_relay(app, node)
     api.init_app(app)
+    console.init_app(app)
     webhook_views.init_app(app)
     log.record("server.started", None, codec=cfg.STREAM_CODEC, sample_rate=cfg.STREAM_SAMPLE_RATE,
                interrupted=len(interrupted), resuming=len(resumable))
     recordings.start()
     return app
+
+
+def _only_user_of(database: Path, app: Flask) -> bool:
+    """Whether no other live process uses this SQLite database: only then are the calls it lists
+    as live the last process's, to resume or mark. Held (flock) for the life of the app."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock = (database.parent / f"{database.name}.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        logger.warning("another process is using %s: its live calls are left to it", database)
+        return False
+    app.extensions["database_lock"] = lock
+    return True
 
 
 def resumable_calls(log: EventLog, window_s: float) -> list[str]:
@@ -186,9 +220,14 @@ def shutdown(app: Flask, door: FrontDoor | None = None) -> None:
     if rt.cluster is not None:
         rt.cluster.stop()
     rt.commands.close()  # waits for the commands in flight (their rows)
+    rt.feed.close()
+    rt.callbacks.close()
     rt.log.record("server.stopped", None)
     rt.log.flush()
     rt.log.close()
+    lock = app.extensions.pop("database_lock", None)
+    if lock is not None:
+        lock.close()
 
 
 def serve(app: Flask, host: str, port: int) -> FrontDoor:

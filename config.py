@@ -59,6 +59,11 @@ class Config:
     HTTP_HEAD_TIMEOUT_S: float = 10.0
     HTTP_BODY_MIN_RATE: int = 64 * 1024
     LOG_LEVEL: str = "INFO"
+    EVENT_FEEDS_MAX: int = 64
+    CALLBACK_URL: str = ""
+    CALLBACK_SIGNING_KEY: str = ""
+    CALLBACK_ALLOW_PRIVATE: bool = False
+    EVENT_FEED_MAX_S: float = 600.0
     # Scaled mode (cluster/): every process with the same REDIS_URL and DATABASE_URL is a node.
     DATABASE_URL: str = ""
     REDIS_URL: str = ""
@@ -126,6 +131,10 @@ class Config:
         need(len(self.STREAM_AUTH_SECRET) in (0, *range(16, 4097)), "STREAM_AUTH_SECRET",
              "must be 16 to 4096 characters, or empty for one made at start-up")
         need(self.WEBHOOK_TOLERANCE_S > 0, "WEBHOOK_TOLERANCE_S", "must be positive")
+        need(not self.CALLBACK_URL or self.CALLBACK_URL.startswith(("http://", "https://")), "CALLBACK_URL",
+             "must be an http:// or https:// URL")
+        need(1 <= self.EVENT_FEEDS_MAX <= 10_000, "EVENT_FEEDS_MAX", "must be within 1..10000")
+        need(self.EVENT_FEED_MAX_S > 0, "EVENT_FEED_MAX_S", "must be positive")
         need(not self.DATABASE_URL or self.DATABASE_URL.startswith(("postgresql://", "postgres://")),
              "DATABASE_URL", "must be a postgresql:// URL")
         need(not self.REDIS_URL or self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")),

@@ -40,6 +40,16 @@ disable_created_metrics()
 
 Kind = Literal["counter", "gauge", "histogram"]
 
+# The error codes POST /streams/<id>/inject can answer with (docs/api.md, Errors), for
+# injections_rejected_total; any other is counted as "other".
+REJECTION_CODES = (
+    "invalid_json", "unsupported_media_type", "payload_too_large", "unknown_field", "invalid_field", "out_of_range",
+    "missing_source", "multiple_sources", "undecodable_audio", "audio_too_long", "unknown_clip", "unknown_voice",
+    "speech_unavailable", "audio_url_forbidden", "audio_url_too_large", "audio_url_unreachable", "audio_url_timeout",
+    "audio_url_failed", "callback_url_forbidden", "too_many_injections", "stream_not_found", "stream_not_active",
+    "unauthorized", "database_unavailable", "cluster_unavailable", "internal_error", "other",
+)
+
 # Upper bounds (seconds) of the lateness histogram: how late a media clock tick ran against its deadline.
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
 
@@ -82,6 +92,8 @@ METRICS: dict[str, Declared] = {
         action=("answer", "streaming_start", "streaming_stop", "playback_start", "playback_stop", "hangup"),
         outcome=("ok", "failed")),
     "injections_total": _counter("Injections by final status", status=("finished", "stopped", "failed")),
+    "injections_rejected_total": _counter("POST /streams/<id>/inject answered with an error, by its code "
+                                          "(other: a code not listed here)", code=REJECTION_CODES),
     "stream_auth_refused_total": _counter("Media socket upgrades refused for a missing or invalid auth token",
                                           reason=("missing", "invalid")),
     "accept_failures_total": _read_counter("Tries to accept a connection that failed for want of descriptors "

@@ -16,6 +16,8 @@ from config import Config
 from eventlog import EventLog
 from metrics import Metrics
 from streams.auth import StreamAuth
+from streams.callbacks import Callbacks
+from streams.feed import EventFeed
 from streams.injections import Limits
 from streams.recording import Recordings
 from streams.registry import SessionRegistry
@@ -50,6 +52,9 @@ class Runtime:
     commands: CommandSender
     stream_auth: StreamAuth
     recordings: Recordings
+    feed: EventFeed
+    callbacks: Callbacks
+    callbacks_key_persistent: bool = True
     cluster: ClusterNode | None = None  # scaled mode only
     node_id: str = ""
     started: float = field(default_factory=time.monotonic)

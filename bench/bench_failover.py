@@ -165,6 +165,7 @@ class Phase:
     frame_gaps: list[float] = field(default_factory=list)  # seconds, per affected call that resumed
     audio_gaps: list[float] = field(default_factory=list)
     owned_s: float | None = None  # event -> every affected call owned by a live node
+    owned: int = 0  # affected calls owned by a live node other than the victim by the end
     playing_s: float | None = None  # event -> every affected call audible again
     with_background: int = 0
     lost: int = 0
@@ -291,6 +292,7 @@ class Cluster:
     redis: redis.Redis
     env: dict[str, str]
     cpu: int | None
+    balancer: psutil.Process
     calls: list[SimCall] = field(default_factory=list)
 
     def live(self) -> list[Node]:
@@ -308,7 +310,7 @@ class Cluster:
 def control(res: Phase, cl: Cluster, bystanders: list[SimCall], seconds: float) -> float:
     """The quiet window before an event; returns the event's time (its end)."""
     me = psutil.Process()
-    procs = [p for n in cl.live() for p in n.procs()] + service_procs(cl.services) + [me]
+    procs = [p for n in cl.live() for p in n.procs()] + service_procs(cl.services) + [me, cl.balancer]
     busy0, ours0, t0 = machine_busy_seconds(), cpu_seconds(procs), time.monotonic()
     time.sleep(seconds)
     t1 = time.monotonic()
@@ -382,13 +384,33 @@ def run_phase(res: Phase, cl: Cluster, seconds: float, kill: bool) -> None:
         w = watched[call.call_control_id]
         if back is None or w.owned_at is None:
             res.lost += 1
+            if res.lost <= 2:
+                res.notes += why_lost(cl, call, t_event)
         else:
             resumed.append(back)
-    if res.lost == 0:
+    # Over the calls that got there (the rows say how many when some did not).
+    res.owned = sum(1 for w in watched.values() if w.owned_at is not None)
+    if res.owned:
+        res.owned_s = max(w.owned_at for w in watched.values() if w.owned_at is not None) - t_event
+    if resumed:
         res.playing_s = max(resumed) - t_event
-        res.owned_s = max(w.owned_at or t_event for w in watched.values()) - t_event
     res.late, res.long_gaps, res.gap_max_ms = bystander_counts(bystanders, t_event, t_event + seconds)
     res.listed = listed(cl)
+
+
+def why_lost(cl: Cluster, call: SimCall, t_event: float) -> list[str]:
+    """What a lost call's Redis hash, the webhooks sent for it since the event, and node a's event log say."""
+    ccid = call.call_control_id
+    lines = [f"lost {ccid[:16]}...: Redis {cl.redis.hgetall(CALL_KEY + ccid)}"]
+    hooks = [f"{d.event_type}#{d.attempt} +{d.at - t_event:.2f}s -> {d.status}"
+             for d in cl.telnyx.deliveries if d.call_control_id == ccid and d.at >= t_event]
+    lines.append(f"  webhooks since the event: {hooks}")
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+        items = cl.http.get(f"{cl.front.url}/stream-log", params={"call_control_id": ccid, "limit": 1000},
+                            timeout=10).json()["items"]
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - (time.monotonic() - t_event)))
+        lines += [f"  event log: {e['at']} {e['event']} {e['data']}" for e in items if e["at"] >= since][:8]
+    return lines
 
 
 def listed(cl: Cluster) -> str:
@@ -441,7 +463,8 @@ def run(n: int, media_nodes: int, seconds: float, pin: bool, lease_ms: int | Non
                 for node in nodes:
                     node.wait_healthy(http, nodes=len(nodes))
                 telnyx.webhook_url = f"{front.url}/webhooks/voice"
-                cl = Cluster(telnyx, services, front, media, spare_port, workdir, http, client, env, cpu)
+                cl = Cluster(telnyx, services, front, media, spare_port, workdir, http, client, env, cpu,
+                             psutil.Process(balancer.proc.pid))
                 setup = SetUpResult(config="failover", calls=n)
                 cl.calls = set_up(setup, n, telnyx, [front], media, http)
                 notes += setup.notes
@@ -503,6 +526,11 @@ def _gaps(values: list[float]) -> str:
                                                                            max(values)))
 
 
+def _some(seconds: float | None, calls: int, of: int) -> str:
+    """A time over every affected call, or over the `calls` of them that got there (saying so)."""
+    return _fmt(seconds, 2) + (f" ({calls} calls)" if calls < of and seconds is not None else "")
+
+
 ROWS: list[tuple[str, Callable[[Phase], str], Callable[[Phase], str], Callable[[Phase], str]]] = [
     # metric, failover (measured), control window before the event, no failover (derived)
     ("calls on the victim node", lambda p: str(p.affected), lambda p: "-", lambda p: str(p.affected)),
@@ -512,8 +540,10 @@ ROWS: list[tuple[str, Callable[[Phase], str], Callable[[Phase], str], Callable[[
      lambda p: "rest of call"),
     (f"audio gaps > {DRAIN_TARGET_S:g} s", lambda p: str(p.over_target()), lambda p: "-",
      lambda p: str(p.affected)),
-    ("time to all owned again (s)", lambda p: _fmt(p.owned_s, 2), lambda p: "-", lambda p: "never"),
-    ("time to all playing again (s)", lambda p: _fmt(p.playing_s, 2), lambda p: "-", lambda p: "never"),
+    ("time to all owned again (s)", lambda p: _some(p.owned_s, p.owned, p.affected), lambda p: "-",
+     lambda p: "never"),
+    ("time to all playing again (s)", lambda p: _some(p.playing_s, p.affected - p.lost, p.affected), lambda p: "-",
+     lambda p: "never"),
     ("resumed with the background", lambda p: f"{p.with_background}/{p.affected}", lambda p: "-",
      lambda p: f"0/{p.affected}"),
     ("calls lost", lambda p: str(p.lost), lambda p: "-", lambda p: str(p.affected)),

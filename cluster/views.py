@@ -50,6 +50,7 @@ def forward_here(node: ClusterNode, base_url: str) -> Response:
     """This request, answered by the node at `base_url`."""
     answer = node.forward(base_url, request.method, request.path, request.query_string.decode("latin-1"),
                           request.headers.items(), request.get_data(cache=True))
+    g.relayed = True  # the node that answered logged what it did (an injection.rejected, say)
     response = Response(answer.body, status=answer.status, content_type=answer.content_type)
     if answer.disposition is not None:
         response.headers["Content-Disposition"] = answer.disposition

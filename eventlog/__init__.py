@@ -193,6 +193,12 @@ class EventLog:
         next_cursor = items[-1]["id"] if len(rows) > limit else None
         return items, next_cursor
 
+    def last_event_id(self) -> int:
+        """The id of the newest event committed, 0 for none: a cursor for 'from now on'."""
+        with self._session() as db:
+            rows = db.query("SELECT MAX(id) FROM events")
+        return int(rows[0][0] or 0)
+
     def calls(self, *, status: str | None = None, after: int = 0,
               limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
         """Calls in the order they were first logged, after cursor `after`; (items, next cursor or None).

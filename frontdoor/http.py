@@ -82,6 +82,7 @@ class RequestReader:
         self._parser = httptools.HttpRequestParser(self)
         self._head_bytes = 0
         self.head: Request | None = None  # set when the headers are complete
+        self.line: tuple[str, str] | None = None  # method and path, once parsed: the access log's, even if refused
         self.request: Request | None = None  # set when the whole message is in
         self.pipelined = False
         self.upgrade_rest = b""  # for an upgrade: the bytes after the head (the first frames)
@@ -177,6 +178,7 @@ class RequestReader:
             path=unquote_to_bytes(raw_path).decode("latin-1"),
             query=(url.query or b"").decode("latin-1"),
             version=version, headers=self._p.headers)
+        self.line = (method, request.path)
         hosts = request.count("host")
         # RFC 7230 5.4: an HTTP/1.1 request has exactly one Host; anything else is a 400.
         if hosts > 1 or (version == "1.1" and hosts == 0):

@@ -6,7 +6,11 @@ parser (frontdoor.http); nothing else looks at them. Once the request is complet
   `accept`, which may refuse it with any status) and becomes a websocket Connection on the same
   loop: the media sockets;
 - every other request goes, complete, to a bounded pool that runs the WSGI app
-  (frontdoor.wsgi), and the loop writes the response back and closes.
+  (frontdoor.wsgi), and the loop writes the response back and closes; or, when the app opened a
+  ResponseStream (frontdoor.stream, for Server-Sent Events), keeps writing what the app writes
+  to it, from any thread, until either side ends it. A stream costs a descriptor and a bounded
+  buffer, never a thread: a client that lets `stream_max_buffered` bytes pile up, or leaves
+  bytes unread for `stream_stall_s`, is dropped.
 So a slow or stalled client costs a buffer and a descriptor, never a thread, and every phase has
 a deadline: the head, the body (by its size and a minimum rate), the response write, the
 closing linger, the websocket close handshake, an idle websocket. Deadlines are checked by a
@@ -38,8 +42,9 @@ from typing import Any, Protocol
 from frontdoor import wire
 from frontdoor.http import CONTINUE, HttpError, Request, RequestReader, error_response
 from frontdoor.nowait import Reader
+from frontdoor.stream import ResponseStream
 from frontdoor.websocket import READ, WRITE, Connection, Handler, Limits
-from frontdoor.wsgi import WsgiPool
+from frontdoor.wsgi import WsgiPool, access_logger, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +75,12 @@ _READING = 0  # the request is coming in
 _RUNNING = 1  # the app has it, on the pool
 _WRITING = 2  # the response is going out
 _LINGERING = 3  # answered; our side is shut, input is drained until the peer closes
+_STREAMING = 4  # a ResponseStream's body is going out, for as long as the app writes it
 
 
 class _HttpConn:
-    __slots__ = ("addr", "buffered", "continued", "deadline", "events", "reader", "response", "sock", "state")
+    __slots__ = ("addr", "buffered", "continued", "deadline", "events", "reader", "response", "sock", "state",
+                 "stream")
 
     def __init__(self, sock: socket.socket, addr: Any, reader: RequestReader, deadline: float) -> None:
         self.sock = sock
@@ -85,6 +92,7 @@ class _HttpConn:
         self.continued = False  # 100 Continue sent
         self.buffered = 0  # body bytes this connection holds, counted in the door's budget
         self.events = 0  # what the control selector watches for
+        self.stream: ResponseStream | None = None  # set by the pool thread before the response is queued
 
 
 def _dispatch(key: selectors.SelectorKey, mask: int) -> None:
@@ -108,7 +116,8 @@ class FrontDoor:
                  body_min_rate: int = 64 * 1024, max_body_bytes: int = 20 << 20,
                  max_buffered_bodies: int = 256 << 20, idle_timeout_s: float = 10.0,
                  limits: Limits | None = None, send_buffer_bytes: int | None = None,
-                 backlog: int = 1024, timer: Timer | None = None, reuse_port: bool = False) -> None:
+                 backlog: int = 1024, timer: Timer | None = None, reuse_port: bool = False,
+                 stream_max_buffered: int = 1 << 20, stream_stall_s: float = 30.0) -> None:
         self.ws_paths = frozenset(ws_paths)
         # Run on the loop thread; wake() makes the loop ask it again for its next deadline.
         self._timer = timer
@@ -122,6 +131,9 @@ class FrontDoor:
         self.max_buffered_bodies = max_buffered_bodies
         self._buffered_bodies = 0
         self.limits = limits or Limits()
+        # A streamed response's client must take its bytes: at most this many wait, for at most this long.
+        self.stream_max_buffered = stream_max_buffered
+        self.stream_stall_s = stream_stall_s
         self.reader = Reader(_RECV_SIZE)  # websocket reads, on the loop thread
         # SO_SNDBUF for accepted sockets. Linux grows it to megabytes by default; a small one
         # keeps a stalled peer's backlog visible to us (buffered_bytes, max_backlog) instead
@@ -131,7 +143,8 @@ class FrontDoor:
         self._listener.setblocking(False)
         self.host = host
         self.port: int = self._listener.getsockname()[1]
-        self._pool = WsgiPool(wsgi_app, (host, self.port), workers=http_workers) if wsgi_app is not None else None
+        self._pool = (WsgiPool(wsgi_app, (host, self.port), workers=http_workers, stream_limit=stream_max_buffered)
+                      if wsgi_app is not None else None)
         self._selector = selectors.DefaultSelector()
         # The listener, HTTP connections and the wake-up socket (see the module docstring).
         self._control = selectors.DefaultSelector()
@@ -143,6 +156,7 @@ class FrontDoor:
         # wake-up byte per loop iteration (see attention).
         self._inbox: deque[Connection] = deque()
         self._responses: deque[_HttpConn] = deque()
+        self._streams_ready: deque[_HttpConn] = deque()  # a stream was written to, or ended
         self._wake_sent = False
         self._conns: dict[int, Connection] = {}
         # Guards removals from _conns together with the _closed_* totals, so stats() taken on
@@ -165,6 +179,7 @@ class FrontDoor:
         self.http_timeouts = 0  # connections closed at a deadline before their request was in
         self.protocol_errors = 0
         self.upgrades_refused = 0
+        self.streams_dropped = 0  # streamed responses closed because the client did not read
         self._closed_messages_in = 0
         self._closed_bytes_in = 0
         self._closed_messages_out = 0
@@ -213,6 +228,8 @@ class FrontDoor:
             "http_requests": self.http_requests,
             "http_refused": self.http_refused,
             "http_timeouts": self.http_timeouts,
+            "http_streams": sum(1 for hc in list(self._http.values()) if hc.state == _STREAMING),
+            "streams_dropped": self.streams_dropped,
             "upgrades_refused": self.upgrades_refused,
             "protocol_errors": self.protocol_errors,
             "messages_in": closed[0] + sum(c.messages_in for c in conns),
@@ -264,6 +281,9 @@ class FrontDoor:
         responses = self._responses
         while responses:
             self._start_response(responses.popleft())
+        ready = self._streams_ready
+        while ready:
+            self._pump_stream(ready.popleft())
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -465,13 +485,15 @@ class FrontDoor:
         hc.events = events
 
     def _on_http(self, hc: _HttpConn, events: int) -> None:
-        if hc.state == _WRITING and events & WRITE:
+        if hc.state in (_WRITING, _STREAMING) and events & WRITE:
             self._write_response(hc)
-        elif events & READ:
+        if events & READ and self._http.get(hc.sock.fileno()) is hc:
             if hc.state == _READING:
                 self._read_request(hc)
             elif hc.state == _LINGERING:
                 self._drain_linger(hc)
+            elif hc.state == _STREAMING:
+                self._read_streaming(hc)
 
     def _read_request(self, hc: _HttpConn) -> None:
         try:
@@ -523,8 +545,9 @@ class FrontDoor:
         hc.deadline = float("inf")  # the app's own time is bounded by the app
         self._watch_http(hc, 0)
 
-        def done(response: bytes, hc: _HttpConn = hc) -> None:  # on a pool thread
+        def done(response: bytes, stream: ResponseStream | None, hc: _HttpConn = hc) -> None:  # on a pool thread
             hc.response += response
+            hc.stream = stream
             self._responses.append(hc)
             self.wake()
 
@@ -558,6 +581,8 @@ class FrontDoor:
     def _refuse(self, hc: _HttpConn, exc: HttpError) -> None:
         """Answer with the error and close; the door's own answer, the app never sees it."""
         self.http_refused += 1
+        method, path = hc.reader.line or ("-", "-")  # refused before its request line was read: "-"
+        access_logger.info("%s %s %d refused by the front door", method, printable_path(path), exc.status)
         extra = wire.UPGRADE_REQUIRED if exc.status == 426 else ()
         hc.response += exc.response(extra)
         self._start_response(hc)
@@ -565,10 +590,52 @@ class FrontDoor:
     def _start_response(self, hc: _HttpConn) -> None:
         if self._http.get(hc.sock.fileno()) is not hc:
             return  # closed meanwhile (stop)
+        if hc.stream is not None:
+            hc.state = _STREAMING
+            hc.deadline = float("inf")
+            hc.stream.attach(lambda: self._stream_written(hc))
+            self._pump_stream(hc)  # what the app wrote before the head went out
+            return
         hc.state = _WRITING
         # The response's own deadline: the same grace and minimum rate as a body.
         hc.deadline = self.now + self.head_timeout_s + len(hc.response) / self.body_min_rate
         self._write_response(hc)
+
+    # -- streamed responses ----------------------------------------------------------------------
+
+    def _stream_written(self, hc: _HttpConn) -> None:
+        """The app wrote to (or ended) hc's stream; any thread."""
+        self._streams_ready.append(hc)
+        self.wake()
+
+    def _pump_stream(self, hc: _HttpConn) -> None:
+        stream = hc.stream
+        if stream is None or self._http.get(hc.sock.fileno()) is not hc or hc.state != _STREAMING:
+            return
+        data, ended = stream.take()
+        hc.response += data
+        if stream.closed or len(hc.response) > self.stream_max_buffered:
+            self._drop_stream(hc, f"more than {self.stream_max_buffered} bytes unread")
+            return
+        if ended and not hc.response:
+            hc.state = _WRITING  # nothing left: shut and linger as any response
+        self._write_response(hc)
+
+    def _read_streaming(self, hc: _HttpConn) -> None:
+        """A streaming client sends nothing more: reading tells us when it has gone."""
+        try:
+            while hc.sock.recv(_RECV_SIZE):
+                pass  # a client has nothing to say on a stream; ignored
+            self._close_http(hc)  # EOF: gone
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close_http(hc)
+
+    def _drop_stream(self, hc: _HttpConn, why: str) -> None:
+        self.streams_dropped += 1
+        logger.info("streamed response to %s dropped: %s", _remote(hc.addr)[0], why)
+        self._close_http(hc)
 
     def _write_response(self, hc: _HttpConn) -> None:
         try:
@@ -579,7 +646,23 @@ class FrontDoor:
             self._close_http(hc)
             return
         del hc.response[:sent]
-        if hc.response:
+        if hc.state == _STREAMING:
+            if hc.response:  # the client is behind: it has stream_stall_s to take some of it
+                if sent or hc.deadline == float("inf"):
+                    hc.deadline = self.now + self.stream_stall_s
+                self._watch_http(hc, READ | WRITE)
+                return
+            hc.deadline = float("inf")
+            assert hc.stream is not None
+            data, ended = hc.stream.take()
+            if data:  # written since the last pump
+                hc.response += data
+                self._write_response(hc)
+                return
+            if not ended:
+                self._watch_http(hc, READ)
+                return
+        elif hc.response:
             self._watch_http(hc, WRITE)
             return
         # All out: shut our side, then drain what the client still sends until it closes, so
@@ -602,6 +685,9 @@ class FrontDoor:
         self._close_http(hc)
 
     def _expire_http(self, hc: _HttpConn) -> None:
+        if hc.state == _STREAMING:
+            self._drop_stream(hc, f"bytes left unread for {self.stream_stall_s:g} s")
+            return
         if hc.state == _READING:
             self.http_timeouts += 1
             logger.info("http connection from %s: request not in within its deadline, closing",
@@ -622,4 +708,6 @@ class FrontDoor:
         with contextlib.suppress(KeyError, ValueError):
             self._watch_http(hc, 0)
         self._forget_http(hc)
+        if hc.stream is not None:
+            hc.stream.detach()
         hc.sock.close()

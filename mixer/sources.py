@@ -10,6 +10,7 @@ import functools
 import io
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,53 @@ def find_clip(media_dir: Path, name: str) -> Path:
                                    f"convert it to {accepted_formats()} audio (.wav, .flac, .mp3 or .ogg).")
     raise UnknownClip(f"clip {name!r} is not in the media library; add {name}.wav (or .mp3, .flac, .ogg) "
                       "to the media directory or pick an existing clip.")
+
+
+MAX_LIBRARY_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class ClipFile:
+    name: str  # what a user sends as `clip`
+    filename: str
+    bytes: int
+    duration_ms: int | None  # None when the header does not tell
+
+
+def library(media_dir: Path) -> list[ClipFile]:
+    """The clips of the media library, by name, sorted by file name.
+
+    Only files find_clip would serve (a valid name, a decoded format, inside media_dir), at most
+    MAX_LIBRARY_LISTED of them. A name is the file name without its extension, unless two files
+    share it (hold.wav and hold.mp3): then each is listed by its full file name.
+    """
+    root = Path(media_dir).resolve()
+    if not root.is_dir():
+        return []
+    files: list[Path] = []
+    for path in sorted(root.iterdir()):
+        if len(files) >= MAX_LIBRARY_LISTED:
+            break
+        resolved = path.resolve()
+        if (path.suffix.lower() in CLIP_EXTENSIONS and _CLIP_NAME.match(path.name) and ".." not in path.name
+                and resolved.is_file() and resolved.is_relative_to(root)):
+            files.append(path)
+    stems = [path.stem for path in files]
+    listed = []
+    for path in files:
+        # find_clip looks for name + a lower-case extension: anything else goes by its file name.
+        name = path.stem if stems.count(path.stem) == 1 and path.suffix in CLIP_EXTENSIONS else path.name
+        try:
+            size = path.stat().st_size
+        except OSError:  # removed meanwhile
+            continue
+        try:
+            info = sf.info(str(path))
+            duration_ms: int | None = int(info.frames * 1000 // info.samplerate) if info.frames > 0 else None
+        except (sf.LibsndfileError, RuntimeError, ValueError):  # listed all the same; injecting it says why
+            duration_ms = None
+        listed.append(ClipFile(name, path.name, size, duration_ms))
+    return listed
 
 
 def load_clip(media_dir: Path, name: str, sample_rate: int, *, max_seconds: float) -> np.ndarray:

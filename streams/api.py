@@ -1,22 +1,30 @@
-"""REST routes: /health, /streams*, /stream-log, /metrics, /openapi.json. Views stay thin: parse
-(streams.schemas), act, render."""
+"""REST routes: /health, /streams*, /stream-log, /events, /clips, /voices, /metrics, /openapi.json.
+Views stay thin: parse (streams.schemas), act, render."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 import apitoken
 from cluster import views as cluster_views
 from cluster.node import ClusterUnavailable
 from errors import ApiError
+from eventlog import Unavailable
+from frontdoor.stream import OPEN_STREAM
+from metrics import REJECTION_CODES
+from mixer import sources, speech
+from mixer.errors import AudioError
 from runtime import VERSION
 from runtime import current as runtime
 from streams import injections, schemas
+from streams.callbacks import CallbackUrlError, check_url
+from streams.feed import RETRY_MS, FeedsFull, QueueSink, Sink
 from streams.recording import wav_header
 from streams.session import CallSession, Injection
 from streams.status import CallNotActive, TooManyInjections
@@ -128,6 +136,11 @@ def inject(key: str) -> tuple[Response, int]:
     session = _live_session(key)
     fields, files = _request_fields()
     req = injections.parse_request(fields, files)
+    if req.callback_url is not None:
+        try:
+            check_url(req.callback_url, allow_private=rt.config.CALLBACK_ALLOW_PRIVATE)
+        except CallbackUrlError as exc:
+            raise ApiError(422, "callback_url_forbidden", str(exc), "callback_url") from None
     if session.active_injections() >= rt.config.MAX_ACTIVE_INJECTIONS:
         raise _too_many()  # early, before decoding; add_injection checks again atomically
     inj_id = "inj_" + secrets.token_hex(8)
@@ -140,7 +153,7 @@ def inject(key: str) -> tuple[Response, int]:
         id=inj_id, call_control_id=session.call_control_id, source=injections.describe(req),
         gain_db=float(req.gain_db), loop=req.loop, fade_in_ms=req.fade_in_ms,
         fade_out_ms=req.fade_out_ms, duck=req.duck, label=req.label, mode=req.mode,
-        duration_ms=duration_ms,
+        duration_ms=duration_ms, callback_url=req.callback_url,
     )
     # The answer shows it as created (DESIGN §5): the clock may start playing it before we reply.
     view = session.injection_view(inj)
@@ -153,6 +166,34 @@ def inject(key: str) -> tuple[Response, int]:
     if req.mode == "playback":
         rt.start_playback(session, inj, req.value)
     return jsonify(view), 201
+
+
+@bp.after_request
+def _log_rejected_injection(response: Response) -> Response:
+    """A refused injection is an event of its call (injection.rejected) and a count by code, so
+    operators see what the API told the client. Not for a request without the API token: a
+    stranger must not be able to write into a call's log."""
+    if request.endpoint != "streams.inject" or response.status_code < 400 or g.get("relayed"):
+        return response
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    code = str(error.get("code") or "other")
+    rt = runtime()
+    rt.metrics.inc("injections_rejected_total", code=code if code in REJECTION_CODES else "other")
+    if response.status_code == 401:
+        return response
+    key = str((request.view_args or {}).get("key", ""))
+    session = rt.registry.get(key)
+    call_control_id = session.call_control_id if session is not None else None
+    if call_control_id is None and code != "stream_not_found":
+        try:
+            known = rt.log.call(key)
+        except Unavailable:
+            known = None
+        call_control_id = known["call_control_id"] if known else None
+    rt.log.record("injection.rejected", call_control_id, status=response.status_code, code=code,
+                  message=str(error.get("message", ""))[:500], field=error.get("field"),
+                  **({} if call_control_id else {"key": key[:200]}))
+    return response
 
 
 @bp.get("/streams/<key>/injections/<inj_id>")
@@ -211,6 +252,63 @@ def stream_log() -> Response:
     return jsonify({"items": items, "next_cursor": str(next_id) if next_id is not None else None})
 
 
+@bp.get("/events")
+def events() -> Response:
+    """The event log live, as Server-Sent Events: from `cursor` or Last-Event-ID, else from now on.
+
+    Under `python app.py` the feed is a stream of the front door and holds no thread; behind
+    another WSGI server it holds one of that server's threads for as long as it lasts."""
+    query = schemas.parse(schemas.EventsQuery, request.args.to_dict())
+    rt = runtime()
+    header = request.headers.get("Last-Event-ID")
+    after = query.cursor if query.cursor is not None else schemas.last_event_id(header) if header else None
+    if after is None:
+        after = rt.feed.last_id()
+    open_stream = request.environ.get(OPEN_STREAM)
+    fallback: list[QueueSink] = []
+
+    def open_sink() -> Sink:
+        if open_stream is not None:
+            stream: Sink = open_stream()
+            return stream
+        fallback.append(QueueSink())
+        return fallback[0]
+
+    try:
+        rt.feed.listen(open_sink, call_control_id=query.call_control_id, event=query.event, after=after)
+    except FeedsFull:
+        raise ApiError(503, "too_many_feeds", f"All {rt.feed.max_listeners} event feeds are in use (EVENT_FEEDS_MAX); "
+                       "try again later.") from None
+    first = f"retry: {RETRY_MS}\n\n".encode()
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    body = fallback[0].body(first) if fallback else first
+    return Response(body, mimetype="text/event-stream", headers=headers)
+
+
+@bp.get("/clips")
+def clips() -> Response:
+    """The media library (MEDIA_DIR): the names an injection's `clip` may take."""
+    listed = sources.library(runtime().config.MEDIA_DIR)
+    return jsonify({"items": [dataclasses.asdict(clip) for clip in listed]})
+
+
+@bp.get("/voices")
+def voices() -> Response:
+    """The voices a `text` injection may name (espeak-ng's language codes)."""
+    try:
+        names = speech.isolated_engine().voices()
+    except AudioError as exc:  # the speech worker could not start
+        raise ApiError(503, exc.code, str(exc)) from None
+    return jsonify({"items": names})
+
+
+@bp.get("/callbacks/public-key")
+def callback_key() -> Response:
+    """The Ed25519 key that signs every callback (streams.callbacks), to verify them with."""
+    rt = runtime()
+    return jsonify({"public_key": rt.callbacks.public_key, "persistent": rt.callbacks_key_persistent})
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     return Response(runtime().metrics.render(), mimetype="text/plain; version=0.0.4")
@@ -230,8 +328,10 @@ def openapi() -> Response:
 
 
 def _view(session: CallSession) -> dict[str, Any]:
-    """The call as the API shows it; in scaled mode with the node that plays it."""
+    """The call as the API shows it, with its levels now; in scaled mode with the node that plays it."""
     view = session.view()
+    if session.live:
+        view["levels"] = session.levels()
     rt = runtime()
     if rt.cluster is not None:
         view["node"] = rt.node_id

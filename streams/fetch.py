@@ -53,9 +53,15 @@ def fetch_audio(url: str, *, timeout_s: float, max_bytes: int, allow_private: bo
 
 def pinned_request(client: httpx.Client, url: httpx.URL, address: str) -> httpx.Request:
     """GET `url` from `address`: the connection goes there, Host and TLS name stay `url`'s host."""
+    return pinned(client, "GET", url, address, headers={"Accept": "audio/*"})
+
+
+def pinned(client: httpx.Client, method: str, url: httpx.URL, address: str, *, headers: dict[str, str],
+           content: bytes | None = None) -> httpx.Request:
+    """`method` `url` sent to `address`: Host and the TLS name (SNI, certificate) stay `url`'s host."""
     return client.build_request(
-        "GET", url.copy_with(host=address),
-        headers={"Host": url.netloc.decode("ascii"), "Accept": "audio/*"},
+        method, url.copy_with(host=address), headers={"Host": url.netloc.decode("ascii"), **headers},
+        content=content,
         # httpcore's name for TLS: SNI and the certificate's hostname check use it, not the address.
         extensions={"sni_hostname": url.raw_host.decode("ascii")})
 
@@ -95,13 +101,44 @@ def _not_http_url() -> ApiError:
     return ApiError(422, "invalid_field", "audio_url must be an http or https URL.", "audio_url")
 
 
-def _parse(url: str) -> httpx.URL:
+def parse_http_url(url: str) -> httpx.URL | None:
+    """`url` if it is an http or https URL with a host, else None."""
     try:
         _ = urlsplit(url).port  # ValueError for a port out of range, which httpx.URL lets through
         target = httpx.URL(url)
     except (ValueError, httpx.InvalidURL):  # a bad port or bracket: not a URL at all
-        raise _not_http_url() from None
+        return None
     if target.scheme not in ("http", "https") or not target.raw_host:
+        return None
+    return target
+
+
+def resolve(url: httpx.URL) -> list[str]:
+    """Every address `url`'s host resolves to, once, in the resolver's order; OSError if none."""
+    host = url.raw_host.decode("ascii")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        raise OSError(str(exc)) from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise OSError("no address")
+    return addresses
+
+
+def non_public(addresses: list[str]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The first of `addresses` that is not a public one (private, loopback, link-local ...)."""
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            return ip
+    return None
+
+
+def _parse(url: str) -> httpx.URL:
+    target = parse_http_url(url)
+    if target is None:
         raise _not_http_url()
     return target
 
@@ -109,21 +146,14 @@ def _parse(url: str) -> httpx.URL:
 def _resolve(url: httpx.URL, allow_private: bool) -> list[str]:
     """Every address `url`'s host resolves to, once, in the resolver's order; each must be public
     unless `allow_private`."""
-    host = url.raw_host.decode("ascii")
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+        addresses = resolve(url)
+    except OSError as exc:
         raise ApiError(502, "audio_url_unreachable",
                        f"audio_url host {url.host!r} does not resolve: {exc}.", "audio_url") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not addresses:
-        raise ApiError(502, "audio_url_unreachable", f"audio_url host {url.host!r} does not resolve.", "audio_url")
-    if not allow_private:
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global:
-                raise ApiError(422, "audio_url_forbidden",
-                               f"audio_url points at a non-public address ({ip}); "
-                               "set AUDIO_URL_ALLOW_PRIVATE=true to allow it.", "audio_url")
+    bad = None if allow_private else non_public(addresses)
+    if bad is not None:
+        raise ApiError(422, "audio_url_forbidden",
+                       f"audio_url points at a non-public address ({bad}); "
+                       "set AUDIO_URL_ALLOW_PRIVATE=true to allow it.", "audio_url")
     return addresses

@@ -13,6 +13,7 @@ Only the mixing itself, and the send, stay per call.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
@@ -21,9 +22,10 @@ import numpy as np
 
 from mixer.batch import FrameBlock, finish_frames
 from mixer.codecs import Codec
-from mixer.ducking import levels_dbfs
+from mixer.ducking import levels_dbfs, row_levels_dbfs
 from mixer.mixer import Mixer
 from streams.connection import Sender
+from streams.levels import SENT_EVERY_TICKS, SentMeter
 from streams.protocol import media_frame, media_messages
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Framed(Protocol):
     """A call as the framer sees it (streams.session.CallSession)."""
 
     call_control_id: str
+    sent_meter: SentMeter
 
     @property
     def frame_samples(self) -> int: ...
@@ -65,6 +68,7 @@ class Framer:
 
     def __init__(self) -> None:
         self._blocks: dict[int, FrameBlock] = {}
+        self._ticks = 0  # produce() calls, for the meters' sampling
 
     def feed_levels(self, calls: Sequence[Framed]) -> None:
         """Measure the caller audio every call received since the last tick, for ducking."""
@@ -97,6 +101,8 @@ class Framer:
 
     def produce(self, calls: Sequence[Framed]) -> list[Framed]:
         """One frame for each call that has something to send; returns the calls that sent one."""
+        self._ticks += 1
+        metered = self._ticks % SENT_EVERY_TICKS == 0
         by_size: dict[int, list[Framed]] = defaultdict(list)
         for call in calls:
             by_size[call.frame_samples].append(call)
@@ -118,13 +124,13 @@ class Framer:
             if not mixed:
                 continue
             try:
-                self._send(rows[:len(mixed)], mixed, sent)
+                self._send(rows[:len(mixed)], mixed, sent, metered)
             except Exception:  # only this group's frame is lost; the clock keeps going
                 logger.exception("finishing %d frames of %d samples failed", len(mixed), samples)
         return sent
 
     @staticmethod
-    def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed]) -> None:
+    def _send(rows: np.ndarray, mixed: list[tuple[Framed, OutFrame]], sent: list[Framed], metered: bool) -> None:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed], [frame.gain for _, frame in mixed])
         codec = mixed[0][1].codec
         payloads: Sequence[bytes | np.ndarray]  # each call's encoded audio, for its recording
@@ -136,6 +142,10 @@ class Framer:
             each = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
             messages = [media_frame(payload).encode() for payload in each]
             payloads = each
+        if metered:  # every row's level in one pass, for the calls' meters (GET /streams/<id>)
+            now = time.monotonic()
+            for (call, _), level in zip(mixed, row_levels_dbfs(pcm), strict=True):
+                call.sent_meter.add(now, level)
         for (call, frame), message, payload in zip(mixed, messages, payloads, strict=True):
             try:
                 if call.end_frame(frame, message, payload):

@@ -40,6 +40,7 @@ class InjectRequest:
     mode: str = "mix"
     voice: str | None = None
     language: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def parse_request(fields: dict[str, Any], files: dict[str, FileStorage]) -> Inje
         mode=body.mode,
         voice=body.voice,
         language=body.language,
+        callback_url=body.callback_url,
     )
 
 

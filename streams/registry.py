@@ -10,6 +10,7 @@ from typing import Protocol
 from eventlog import EventLog
 from metrics import Metrics
 from mixer.pacer import PacerStats
+from streams.callbacks import Callbacks
 from streams.clock import MediaClock
 from streams.recording import Recordings
 from streams.session import CallSession, InjectionWatcher, SessionSettings
@@ -34,6 +35,7 @@ class SessionRegistry:
         self.settings = settings
         self.recordings = recordings
         self.watcher: Watcher | None = None
+        self.callbacks: Callbacks | None = None  # handed to every session it opens
         self._log = log
         self._metrics = metrics
         # Guards both maps; never held while calling into a session.
@@ -68,6 +70,7 @@ class SessionRegistry:
             session = CallSession(call_control_id, self.settings, self._log, self._metrics, self.clock,
                                   self.recordings)
             session.watcher = self.watcher
+            session.callbacks = self.callbacks
             self._by_call[call_control_id] = session
         # The call is known from here (its first webhook or, without one, its first `start`); its
         # media stream is logged as stream.started when Telnyx connects.

@@ -183,6 +183,8 @@ class InjectBody(Strict):
     label: Label = Field(None)
     voice: Name = Field(None, description="For a text source only.")
     language: Language = Field(None, description="For a text source only.")
+    callback_url: AudioUrl = Field(None, description="http(s) URL: a signed POST when this injection "
+                                   "finishes, stops or fails.")
 
     model_config = ConfigDict(json_schema_extra={
         "description": "Exactly one source: audio_url, audio_base64, clip, tone, dtmf or text "
@@ -207,6 +209,14 @@ class StreamPatch(Strict):
 
     unknown_message: ClassVar[str] = "Only recording can change on a call, not {name!r}."
     missing_message: ClassVar[str] = "Send {name}: true or false."
+
+
+class ConsoleLogin(Strict):
+    """POST /console/login: the API token, for the console's session cookie."""
+
+    token: Annotated[str, BeforeValidator(_text(4096)), _text_schema(4096)]
+
+    missing_message: ClassVar[str] = "Send the API token as {name}."
 
 
 class GainPatch(Strict):
@@ -285,6 +295,22 @@ class StreamLogQuery(Query):
     since: Annotated[str | None, BeforeValidator(_since), Field(json_schema_extra={"format": "date-time"})] = None
     limit: Limit = 100
     cursor: Cursor = 0
+
+
+class EventsQuery(Query):
+    call_control_id: str | None = None
+    event: str | None = Field(None, description="An event name, or a prefix such as 'injection'.")
+    cursor: Cursor | None = Field(None, description="Send the events after this id (a next_cursor of "
+                                  "/stream-log, or the id of the last event seen); without it, or a "
+                                  "Last-Event-ID header, only events from now on.")
+
+
+def last_event_id(value: str) -> int:
+    """The Last-Event-ID header a reconnecting EventSource sends, as a cursor."""
+    try:
+        return _cursor(value.strip())
+    except PydanticCustomError:
+        raise ApiError(422, "invalid_field", "Last-Event-ID must be the id of an event.", "Last-Event-ID") from None
 
 
 M = TypeVar("M", bound=Strict)
@@ -412,6 +438,7 @@ class Injection(Answer):
     mode: Literal["mix", "playback"]
     played_ms: int
     error: str | None
+    callback_url: str | None = None
 
 
 class Frames(Answer):
@@ -436,6 +463,11 @@ class RecordingInfo(Answer):
     node: str | None = Field(None, description="Scaled mode: the node whose disk holds the file.")
 
 
+class Levels(Answer):
+    caller_dbfs: float = Field(description="RMS level of the caller's last 300 ms; -96 for silence or none.")
+    sent_dbfs: float = Field(description="RMS level of what the server sent in the last 300 ms; -96 for none.")
+
+
 class Stream(Answer):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -456,6 +488,7 @@ class Stream(Answer):
     injections: list[Injection]
     node: str | None = Field(None, description="Scaled mode: the node that plays the call.")
     recording: RecordingInfo | None = Field(None, description="null when the call is not recorded.")
+    levels: Levels | None = Field(None, description="Live calls only: the caller's level and ours, now.")
 
 
 class StreamPage(Answer):
@@ -480,6 +513,32 @@ class EventPage(Answer):
     next_cursor: str | None
 
 
+class LibraryClip(Answer):
+    name: str = Field(description="What to send as `clip`.")
+    filename: str
+    bytes: int
+    duration_ms: int | None = Field(description="null when the file's header does not tell it.")
+
+
+class ClipList(Answer):
+    items: list[LibraryClip]
+
+
+class VoiceList(Answer):
+    items: list[str] = Field(description="Names to send as `voice` (language codes; `+f1`..`+f5`, "
+                             "`+m1`..`+m7` pick a variant).")
+
+
+class CallbackKey(Answer):
+    public_key: str = Field(description="base64 Ed25519 public key that signs every callback.")
+    persistent: bool = Field(description="false: made at start-up, a restart changes it (set "
+                             "CALLBACK_SIGNING_KEY).")
+
+
+class ConsoleAnswer(Answer):
+    status: Literal["ok"]
+
+
 class WebhookAck(Answer):
     status: Literal["ok", "ignored", "duplicate"]
 
@@ -495,7 +554,7 @@ MULTIPART = "multipart/form-data"
 class Operation:
     summary: str
     ok: tuple[int, type[BaseModel] | str]  # a model (JSON) or a media type (text)
-    errors: tuple[int, ...] = ()
+    errors: tuple[int | str, ...] = ()
     query: type[Query] | None = None
     body: type[Strict] | None = None
     multipart: bool = False
@@ -503,7 +562,7 @@ class Operation:
     extra: dict[int, type[BaseModel]] = field(default_factory=dict)
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, str] = {
     400: "Malformed JSON (invalid_json).",
     401: "Missing or wrong credentials (unauthorized; invalid_signature for webhooks).",
     404: "Unknown call, stream, injection or recording (stream_not_found, injection_not_found, "
@@ -517,6 +576,11 @@ _ERRORS = {
     500: "An unexpected error; it is logged (internal_error).",
     502: "The audio_url could not be fetched (audio_url_unreachable, audio_url_timeout, audio_url_failed).",
     503: "The event log cannot write: the server is degraded.",
+    "401-login": "Not the API token (unauthorized).",
+    "429-login": "Too many wrong tokens from this address in the last minute (too_many_requests).",
+    "503-speech": "Text to speech is not available on this server (speech_unavailable).",
+    "503-feeds": "Every event feed slot is taken (too_many_feeds), or the event log cannot be read "
+                 "(database_unavailable).",
 }
 
 # Keyed by (Flask rule, method): the document covers exactly the routes the app serves that are
@@ -543,7 +607,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/streams/<key>/clear", "POST"): Operation("Stop every injection on the call", (200, Cleared), (404, 409)),
     ("/stream-log", "GET"): Operation("The event log, oldest first", (200, EventPage), (422,),
                                       query=StreamLogQuery),
+    ("/events", "GET"): Operation(
+        "The event log live, as Server-Sent Events (each message's data is one /stream-log item)",
+        (200, "text/event-stream"), (422, "503-feeds"), query=EventsQuery),
+    ("/clips", "GET"): Operation("The media library: the names a `clip` may take", (200, ClipList)),
+    ("/callbacks/public-key", "GET"): Operation("The key callbacks are signed with", (200, CallbackKey)),
+    ("/voices", "GET"): Operation("The voices a `text` injection may name", (200, VoiceList), ("503-speech",)),
     ("/metrics", "GET"): Operation("Prometheus metrics", (200, "text/plain")),
+    ("/console", "GET"): Operation("The operator console (the sign-in page until signed in)", (200, "text/html")),
+    ("/console/console.js", "GET"): Operation("The console's script", (200, "text/javascript")),
+    ("/console/console.css", "GET"): Operation("The console's style sheet", (200, "text/css")),
+    ("/console/login.js", "GET"): Operation("The sign-in page's script", (200, "text/javascript")),
+    ("/console/login", "POST"): Operation(
+        "Sign the console in: the API token for a session cookie (HttpOnly, SameSite=Strict)",
+        (200, ConsoleAnswer), (400, "401-login", 422, "429-login"), body=ConsoleLogin),
+    ("/console/logout", "POST"): Operation("Sign the console out (drop its cookie)", (200, ConsoleAnswer)),
     ("/openapi.json", "GET"): Operation("This document", (200, JSON)),
     ("/webhooks/voice", "POST"): Operation(
         "Telnyx Call Control webhooks, signed (Ed25519)", (200, WebhookAck), (400, 401, 413, 422),
@@ -608,9 +686,11 @@ def _responses(op: Operation, protected: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {str(status): {"description": "Success.", "content": content}}
     for code, model in op.extra.items():
         responses[str(code)] = {"description": _ERRORS[code], "content": {JSON: {"schema": _ref(model)}}}
-    codes = set(op.errors) | {500} | ({401} if protected else set())
-    for code in sorted(codes):
-        responses[str(code)] = {"description": _ERRORS[code], "content": {JSON: {"schema": _ref(Error)}}}
+    codes: set[int | str] = set(op.errors) | {500} | ({401} if protected else set())
+    for error in sorted(codes, key=str):
+        # "503-feeds": a 503 with its own description
+        responses[str(error).split("-")[0]] = {"description": _ERRORS[error],
+                                               "content": {JSON: {"schema": _ref(Error)}}}
     return dict(sorted(responses.items()))
 
 
@@ -628,8 +708,10 @@ class _RequestSchema(GenerateJsonSchema):
         return json_schema
 
 
-REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamPatch, StreamsQuery, StreamLogQuery)
-ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck)
+REQUESTS: tuple[type[Strict], ...] = (InjectBody, GainPatch, StreamPatch, StreamsQuery, StreamLogQuery, EventsQuery,
+                                      ConsoleLogin)
+ANSWERS: tuple[type[Answer], ...] = (Error, Health, Stream, StreamPage, Injection, Cleared, EventPage, WebhookAck,
+                                     ClipList, VoiceList, ConsoleAnswer, CallbackKey)
 
 
 def _components() -> dict[str, Any]:

@@ -30,9 +30,11 @@ from mixer.codecs import Codec, get_codec
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
 from streams import protocol
+from streams.callbacks import Callbacks
 from streams.clock import MediaClock
 from streams.connection import Sender
 from streams.framer import OutFrame
+from streams.levels import CallerMeter, SentMeter
 from streams.recording import Recording, Recordings
 from streams.status import LIVE, TERMINAL, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 
@@ -73,6 +75,7 @@ class Injection:
     ended_at: str | None = None
     error: str | None = None
     played_ms: int = 0
+    callback_url: str | None = None  # told when it ends (streams.callbacks)
 
     @property
     def active(self) -> bool:
@@ -119,6 +122,9 @@ class CallSession:
         # Counted by the clock and the socket reader respectively; read for views only.
         self.frames_sent = 0
         self.frames_received = 0
+        # The last frames heard and sent, measured when a view asks (streams.levels).
+        self.caller_meter = CallerMeter()
+        self.sent_meter = SentMeter()
         self._moved = False  # handed to another node (moved())
         # Told of each injection's changes, so another node can resume them (cluster/; set by
         # the registry). injection_saved is called on request threads and may wait for Redis;
@@ -129,6 +135,7 @@ class CallSession:
         # Set under _lock; read without it by the loop (one reference: the frames go to the
         # recording it finds, or to none).
         self.recording: Recording | None = None
+        self.callbacks: Callbacks | None = None  # told when an injection or the call ends
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -172,6 +179,8 @@ class CallSession:
             conn.close(CloseCode.NORMAL, reason)
         self._log.record(f"stream.{status}", self.call_control_id, reason=reason)
         self.save()
+        if self.callbacks is not None:
+            self.callbacks.call_ended(self.view())
 
     def moved(self) -> None:
         """The call now lives on another node (cluster/): this copy takes nothing more."""
@@ -268,11 +277,12 @@ class CallSession:
         width = codec.bytes_per_sample
         if media.track == "inbound" and len(payload) >= width:
             # With its codec: a reconnect may change it before the clock measures this chunk.
-            payload = payload[:len(payload) - len(payload) % width]
-            self._caller_audio.append((codec, payload))
+            whole = payload[:len(payload) - len(payload) % width]
+            self._caller_audio.append((codec, whole))
+            self.caller_meter.add(time.monotonic(), codec, whole)
             rec = self.recording
             if rec is not None:
-                rec.caller(codec, payload, media.chunk, time.monotonic())
+                rec.caller(codec, whole, media.chunk, time.monotonic())
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -384,10 +394,10 @@ class CallSession:
             self._log.record("injection.playing", self.call_control_id, injection_id=inj.id)
         self.save()
 
-    def playback_ended(self, inj: Injection, status: InjectionStatus) -> None:
+    def playback_ended(self, inj: Injection, status: InjectionStatus, *, error: str | None = None) -> None:
         with self._lock:
             if inj.active:
-                self._finish(inj, status, error=None)
+                self._finish(inj, status, error=error)
         self.save()
 
     def _finish(self, inj: Injection, status: InjectionStatus, *, error: str | None) -> None:
@@ -400,6 +410,8 @@ class CallSession:
         self._metrics.inc("injections_total", status=status)
         self._log.record(f"injection.{status}", self.call_control_id, injection_id=inj.id,
                          played_ms=inj.played_ms, error=error)
+        if self.callbacks is not None:  # only queued: this runs under the session's lock
+            self.callbacks.injection_ended(self.injection_view(inj), inj.callback_url)
 
     def _played_ms(self, inj: Injection) -> int:
         if inj.mode != "mix":
@@ -544,7 +556,13 @@ class CallSession:
             "mode": inj.mode,
             "played_ms": played,
             "error": inj.error,
+            "callback_url": inj.callback_url,
         }
+
+    def levels(self) -> dict[str, float]:
+        """RMS dBFS of the caller's last frames and of ours (streams.levels)."""
+        now = time.monotonic()
+        return {"caller_dbfs": self.caller_meter.dbfs(now), "sent_dbfs": self.sent_meter.dbfs(now)}
 
     def view(self) -> dict[str, Any]:
         with self._lock:

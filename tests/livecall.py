@@ -40,6 +40,9 @@ class LiveServer:
         log = self.app.extensions["mixer_runtime"].log
         log.flush()
         log.close()
+        lock = self.app.extensions.pop("database_lock", None)
+        if lock is not None:  # a dead process holds no lock on its database
+            lock.close()
         self.close_transport()
 
 

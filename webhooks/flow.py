@@ -64,6 +64,10 @@ def restream(rt: Runtime, call_control_id: str, attempt: str, stream_url: str | 
                        on_done=done, **stream_params(rt, call_control_id, url))
 
 
+# call.playback.ended statuses that mean the sound was stopped, not that it failed: the call hung
+# up, or a playback_stop (ours, for DELETE or clear, or another application's) cancelled it.
+STOPPED_PLAYBACK = frozenset({"call_hangup", "cancelled"})
+
 class CallFlow:
     """What each Call Control event does to the call."""
 
@@ -172,5 +176,11 @@ class CallFlow:
             return
         if event.event_type == "call.playback.ended":
             status = event.payload.get("status")
-            ended = InjectionStatus.FINISHED if status in (None, "completed") else InjectionStatus.STOPPED
-            session.playback_ended(inj, ended)
+            if status in (None, "completed"):
+                session.playback_ended(inj, InjectionStatus.FINISHED)
+            elif status in STOPPED_PLAYBACK:  # as a mixed injection is when the call ends or it is stopped
+                session.playback_ended(inj, InjectionStatus.STOPPED)
+            else:  # "failed", or one Telnyx may add: the operator must see it did not play
+                detail = event.payload.get("status_detail") or event.payload.get("failure_reason")
+                reason = f"Telnyx playback ended with status {status!r}" + (f": {detail}" if detail else "")
+                session.playback_ended(inj, InjectionStatus.FAILED, error=reason)

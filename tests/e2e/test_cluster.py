@@ -26,6 +26,7 @@ from livecall import wait_until, wav_bytes
 from simulator import FakeTelnyx, SimCall
 from simulator.balancer import Balancer
 from simulator.webhooks import WebhookEvent
+from sse import SseReader
 
 SECRET = "s3cret-of-the-test-cluster"
 
@@ -70,9 +71,31 @@ def cluster(telnyx: FakeTelnyx, tmp_path: Path, redis_url: str, postgres_url: st
 
 def _stable(view: dict) -> dict:
     """A call's view without what moves while it plays."""
-    view = {k: v for k, v in view.items() if k not in ("frames", "caller_speaking")}
+    view = {k: v for k, v in view.items() if k not in ("frames", "caller_speaking", "levels")}
     view["injections"] = [{k: v for k, v in i.items() if k != "played_ms"} for i in view["injections"]]
     return view
+
+
+def test_any_nodes_feed_and_console_carry_every_nodes_calls(telnyx, cluster):
+    a, c = cluster.url("a"), cluster.url("c")
+    feed = SseReader(f"{a}/events?event=injection")
+    call = telnyx.place_call()
+    call.wait_streaming(timeout=15)
+    ccid = call.call_control_id
+    wait_until(lambda: httpx.get(f"{c}/streams/{ccid}").json().get("node") == "b", what="node b owns the call")
+    answer = httpx.post(f"{c}/streams/{ccid}/inject", json={"dtmf": "7"})
+    assert answer.status_code == 201, answer.text
+    refused = httpx.post(f"{a}/streams/{ccid}/inject", json={"dtmf": "x"})  # relayed to b, logged there once
+    assert refused.status_code == 422
+    wait_until(lambda: "injection.finished" in feed.names(), timeout=15, what="node b's events on node a's feed")
+    life = [name for name in feed.names() if name != "injection.rejected"]
+    assert life == ["injection.created", "injection.playing", "injection.finished"]
+    assert feed.names().count("injection.rejected") == 1
+    assert {event["call_control_id"] for event in feed.events} == {ccid}
+    levels = httpx.get(f"{a}/streams/{ccid}").json()["levels"]  # relayed to b, which measures them
+    assert set(levels) == {"caller_dbfs", "sent_dbfs"}
+    assert b'data-test="call-list"' in httpx.get(f"{c}/console").content
+    feed.close()
 
 
 def test_webhooks_socket_and_requests_on_three_nodes_make_one_call(telnyx, cluster):

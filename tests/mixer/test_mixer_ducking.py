@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mixer.codecs import float_to_pcm16
-from mixer.ducking import DuckingConfig, rms_dbfs
+from mixer.ducking import DuckingConfig, levels_dbfs, rms_dbfs, row_levels_dbfs
 from mixer.edges import soften_edges
 from mixer.geometry import FrameGeometry
 from mixer.mixer import Mixer
@@ -127,3 +127,13 @@ def test_config_validation():
         DuckingConfig(depth_db=3)
     with pytest.raises(ValueError):
         DuckingConfig(attack_ms=-1)
+
+
+def test_row_levels_are_each_rows_rms_as_levels_dbfs_measures_it() -> None:
+    rng = np.random.default_rng(7)
+    block = (rng.uniform(-1, 1, (6, 160)) * rng.uniform(0, 32767, (6, 1))).astype(np.int16)
+    block[3] = 0  # silence: -inf
+    assert row_levels_dbfs(block) == pytest.approx(levels_dbfs(block.reshape(-1), [160] * 6), abs=1e-9)
+    assert row_levels_dbfs(block)[3] == float("-inf")
+    full = np.full((1, 160), 32767, dtype=np.int16)
+    assert row_levels_dbfs(full)[0] == pytest.approx(rms_dbfs(full[0]))

@@ -12,6 +12,7 @@ from mixer.geometry import FrameGeometry
 from mixer.mixer import Mixer
 from streams.clock import MediaClock
 from streams.framer import Framer, OutFrame
+from streams.levels import FLOOR_DBFS, SENT_EVERY_TICKS, SentMeter
 from streams.protocol import media_frame
 
 LOUD, QUIET = 12000, 3
@@ -26,6 +27,7 @@ class Call:
         self.codec: Codec = get_codec(codec, rate)
         self.mixer, self.twin = Mixer(self.geometry), Mixer(self.geometry)
         self.sent: list[bytes] = []
+        self.sent_meter = SentMeter()
         self.caller: list[tuple[Codec, bytes]] = []
         self.broken = False
         if playing:
@@ -86,6 +88,27 @@ def test_calls_on_one_codec_are_encoded_and_wrapped_together_bit_exact(codec: st
         framer.produce(calls)
         for call in calls:
             assert call.sent[-1] == call.expected(), (tick, call.call_control_id)
+
+
+def test_each_calls_sent_level_is_measured_from_its_own_row() -> None:
+    loud, quiet, idle = Call("loud", "PCMU", 8000, seed=1), Call("quiet", "PCMU", 8000, playing=False), \
+        Call("idle", "PCMU", 8000, playing=False)
+    quiet.mixer.add("hum", np.full(8000, 0.001, dtype=np.float32))
+    framer = Framer()
+    for _ in range(SENT_EVERY_TICKS - 1):
+        framer.produce([loud, quiet, idle])
+        loud.twin.mix()
+    assert loud.sent_meter.dbfs(0.0) == FLOOR_DBFS  # not measured yet: one tick in SENT_EVERY_TICKS
+    framer.produce([loud, quiet, idle])
+    frame = loud.twin.mix()
+    assert frame is not None
+    rms = 20 * np.log10(np.sqrt(np.mean(frame.pcm.astype(np.float64) ** 2)) / 32768)
+    stamps = [at for at, _ in loud.sent_meter._frames]
+    assert len(stamps) == 1
+    now = stamps[-1]
+    assert loud.sent_meter.dbfs(now) == pytest.approx(rms, abs=0.1)
+    assert -70 < quiet.sent_meter.dbfs(now) < -50  # 0.001 of full scale: -60 dBFS
+    assert idle.sent_meter.dbfs(now) == FLOOR_DBFS  # sent nothing
 
 
 def test_caller_levels_reach_each_calls_ducking_in_one_pass() -> None:

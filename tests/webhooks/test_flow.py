@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from config import load_config
 from eventlog import EventLog
 from metrics import Metrics
 from runtime import Runtime
 from streams.auth import StreamAuth, StreamAuthError
+from streams.callbacks import Callbacks
+from streams.feed import EventFeed
 from streams.recording import Recordings
 from streams.registry import SessionRegistry
 from streams.status import CallStatus, InjectionStatus
@@ -54,7 +57,9 @@ def rt(tmp_path: Path, log: EventLog) -> Iterator[Runtime]:
     registry = SessionRegistry(SETTINGS, log, metrics, recordings)
     registry.clock.drive_from(lambda: None)  # no clock thread
     yield Runtime(config=config, log=log, metrics=metrics, registry=registry, commands=FakeCommands(),
-                  stream_auth=StreamAuth(secret="s" * 32), recordings=recordings)
+                  stream_auth=StreamAuth(secret="s" * 32), recordings=recordings,
+                  feed=EventFeed(log, max_listeners=1, max_age_s=1),
+                  callbacks=Callbacks(url="", key=SigningKey.generate(), log=log, allow_private=False))
     registry.clock.stop()
 
 
@@ -189,7 +194,30 @@ def test_playback_ended_finishes_the_playback_injection(flow: CallFlow, rt: Runt
     assert inj.status == InjectionStatus.PLAYING
     extra = {} if status is None else {"status": status}
     assert flow.handle(event("call.playback.ended", client_state=state, media_url="https://x/a.mp3", **extra))
-    assert inj.status == expected
+    assert inj.status == expected and inj.error is None
+
+
+@pytest.mark.parametrize(("status", "detail", "error"), [
+    ("failed", "overlay needs another playback", "Telnyx playback ended with status 'failed': overlay needs "
+                                                 "another playback"),
+    ("file_not_found", None, "Telnyx playback ended with status 'file_not_found'"),
+])
+def test_a_playback_that_ends_otherwise_fails_with_the_reason(flow: CallFlow, rt: Runtime, status: str,
+                                                              detail: str | None, error: str) -> None:
+    flow.handle(event("call.answered"))
+    session = rt.registry.get(CCID)
+    assert session is not None
+    inj = injection(CCID, "inj-43", mode="playback")
+    session.add_injection(inj, None, max_active=5)
+    session.playback_result(inj, True, None)
+    state = base64.b64encode(b"inj-43").decode()
+    extra = {"status_detail": detail} if detail else {}
+    flow.handle(event("call.playback.ended", client_state=state, media_url="https://x/a.mp3", status=status, **extra))
+    assert inj.status == InjectionStatus.FAILED and inj.error == error
+    rt.log.flush()
+    failed = [e for e in rt.log.events(event="injection.failed")[0] if e["data"]["injection_id"] == "inj-43"]
+    assert failed[0]["data"]["error"] == error
+    assert rt.metrics.value("injections_total", status="failed") == 1
 
 
 @pytest.mark.parametrize("client_state", [None, "not base64!", base64.b64encode(b"inj-other").decode()])
