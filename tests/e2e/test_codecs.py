@@ -1,0 +1,100 @@
+"""Every codec end to end on real sockets: what the simulated caller heard, decoded by the
+simulator's own codecs (libg722, FFmpeg's native Opus decoder), and what the server made of the
+caller's audio."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from audio_checks import dominant_hz, max_jump, non_silent, sine_peak_dbfs
+from livecall import connected_call, inject, wait_injection, wait_until
+from simulator import CallerAudio
+
+# (codec, Telnyx's rate, PCM rate, test tone, level tolerance dB). Wideband calls get a 5 kHz
+# tone: it only arrives if the codec carries 4-7 kHz.
+CASES = [
+    ("G722", 16000, 16000, 5000, 0.5),
+    ("G722", 8000, 16000, 5000, 0.5),  # the nominal RTP rate of G.722: still 16 kHz audio
+    ("OPUS", 16000, 16000, 5000, 1.5),
+    ("OPUS", 8000, 8000, 1000, 1.5),
+    ("L16", 22050, 22050, 5000, 0.1),
+    ("L16", 24000, 24000, 5000, 0.1),
+    ("L16", 48000, 48000, 5000, 0.1),
+]
+
+
+def log_events(server, **params):
+    return server.http.get("/stream-log", params={"limit": 1000, **params}).json()["items"]
+
+
+@pytest.mark.parametrize(("codec", "nominal", "rate", "tone_hz", "tolerance_db"), CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_a_tone_arrives_through_the_codec_at_its_frequency_and_level(
+        telnyx, make_server_, codec, nominal, rate, tone_hz, tolerance_db):
+    server = make_server_(STREAM_CODEC=codec, STREAM_SAMPLE_RATE=nominal)
+    call = connected_call(telnyx, server)
+    start = next(c for c in telnyx.commands if c.action == "streaming_start")
+    assert (start.body["stream_bidirectional_codec"], start.body["stream_codec"],
+            start.body["stream_bidirectional_sampling_rate"]) == (codec, codec, nominal)
+    view = server.http.get(f"/streams/{call.call_control_id}").json()
+    assert (view["codec"], view["sample_rate"]) == (codec, rate)
+
+    inj = inject(server, call, {"tone": {"frequency_hz": tone_hz, "duration_ms": 800, "level_dbfs": -6}})
+    wait_injection(server, call, inj["id"], "finished")
+    assert call.sample_rate == rate
+    heard = non_silent(call.heard_pcm(), threshold=200)
+    frame = rate // 50
+    assert abs(len(heard) - 800 * rate // 1000) <= 2 * frame
+    middle = heard[4 * frame:-4 * frame]
+    assert abs(sine_peak_dbfs(middle) - -6.0) <= tolerance_db
+    assert abs(dominant_hz(middle, rate) - tone_hz) <= 3
+    # No click at the seams of 20 ms frames: no step much above a sine's own largest step.
+    sine_step = 2 * np.sin(np.pi * tone_hz / rate) * 0.5 * 32768
+    assert max_jump(middle) <= 1.25 * sine_step
+    assert not log_events(server, event="stream.frame_error", call_control_id=call.call_control_id)
+
+
+@pytest.mark.parametrize(("codec", "nominal"), [("PCMU", 8000), ("G722", 16000), ("OPUS", 16000), ("OPUS", 8000)])
+def test_the_server_decodes_the_callers_audio(telnyx, make_server_, codec, nominal):
+    # Ducking listens to the decoded caller (while the clock runs, i.e. while something plays):
+    # it only hears the caller speak if decoding works, and only then.
+    server = make_server_(STREAM_CODEC=codec, STREAM_SAMPLE_RATE=nominal)
+    calls = {}
+    for name, audio in (("talking", CallerAudio.tone(440.0, level_dbfs=-12.0)), ("quiet", CallerAudio.silence())):
+        call = calls[name] = telnyx.place_call(caller_audio=audio)
+        call.wait_streaming(timeout=10)
+        wait_until(lambda call=call: server.http.get(f"/streams/{call.call_control_id}").json()["status"]
+                   == "streaming", what="streaming")
+        inject(server, call, {"tone": {"frequency_hz": 300, "duration_ms": 1000, "level_dbfs": -30}, "loop": True})
+
+    def view(name):
+        return server.http.get(f"/streams/{calls[name].call_control_id}").json()
+
+    wait_until(lambda: view("talking")["caller_speaking"], what="the caller's decoded voice")
+    wait_until(lambda: view("quiet")["frames"]["received"] > 50, what="a second of silence")
+    assert not view("quiet")["caller_speaking"]
+    assert not log_events(server, event="stream.frame_error")
+
+
+def test_garbage_opus_payloads_are_silence_and_the_call_goes_on(telnyx, make_server_):
+    server = make_server_(STREAM_CODEC="OPUS", STREAM_SAMPLE_RATE=16000)
+    call = connected_call(telnyx, server)
+    inj = inject(server, call, {"tone": {"frequency_hz": 700, "duration_ms": 1000}, "loop": True})
+    # A packet whose TOC says code 3 with zero frames, random bytes, and one byte too few.
+    for payload in (bytes([0x0B, 0x00]), bytes([0xFF]) * 7, bytes([0x4B, 0x41, 0x01]), b"\x03"):
+        media = {"event": "media", "sequence_number": "9", "stream_id": call.stream_id,
+                 "media": {"track": "inbound", "chunk": "9", "timestamp": "180",
+                           "payload": base64.b64encode(payload).decode()}}
+        call.send_raw(json.dumps(media))
+    wait_until(lambda: log_events(server, event="stream.frame_error", call_control_id=call.call_control_id),
+               what="the decoder error in the log")
+    errors = log_events(server, event="stream.frame_error", call_control_id=call.call_control_id)
+    assert all(e["data"]["reason"] == "undecodable_media" for e in errors)
+    assert 'mixer_websocket_errors_total{reason="undecodable_media"}' in server.http.get("/metrics").text
+    wait_injection(server, call, inj["id"], "playing")
+    wait_until(lambda: len(call.heard_pcm()) > 16000, what="the call's audio after the garbage")
+    assert server.http.get(f"/streams/{call.call_control_id}").json()["status"] == "streaming"
