@@ -243,10 +243,14 @@ class MediaStream:
             self._frame_bytes = self._frame_samples * g711.bytes_per_sample(enc)
             self._silence_b64 = base64.b64encode(g711.silence_payload(enc, self._frame_samples)).decode()
             self._caller, self._caller_b64 = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
-                if caller_audio.kind != "silence" else (b"", {})
+                if caller_audio.kind != "silence" and enc in g711.SUPPORTED_CODECS else (b"", {})
         self._caller_loop = caller_audio.loop
-        self._send_inbound = params.track in ("inbound_track", "both_tracks")
-        self._send_outbound = params.track in ("outbound_track", "both_tracks")
+        # AMR-WB: the simulator has no encoder, so it sends no media rather than bytes that are not AMR-WB.
+        speaks = self._framed or enc in g711.SUPPORTED_CODECS
+        if not speaks:
+            logger.warning("stream %s: the simulator cannot encode %s; it sends no media frames", stream_id, enc)
+        self._send_inbound = speaks and params.track in ("inbound_track", "both_tracks")
+        self._send_outbound = speaks and params.track in ("outbound_track", "both_tracks")
         self._media_prefix = '{"event":"media","sequence_number":"'
         # What the app's media frames need, looked up once (params are frozen).
         self._mp3_mode = params.mode == "mp3"

@@ -11,7 +11,8 @@ it hears with others, so that a mistake in how the server drives its codecs cann
   encoded with libopus (through PyAV, VOIP mode, 20 ms packets, one per media message): no other
   Opus encoder is in reach (FFmpeg's native one is CELT-only, 48 kHz, and marked experimental).
 
-AMR-WB is accepted by the REST fake but not played: no AMR-WB encoder is available here either.
+AMR-WB is accepted by the REST fake, but its streams carry no media either way (the app's is
+counted as ignored): no AMR-WB encoder is available here either.
 """
 
 from __future__ import annotations

@@ -107,3 +107,15 @@ def test_the_decimator_keeps_the_band_and_removes_what_would_alias():
             assert level < -70, freq
         else:
             assert abs(level - expected_db) < 0.1, freq
+
+
+def test_an_amr_wb_stream_sends_no_media_it_cannot_encode(fake, client, stream_server):
+    call = start_call(fake, client, stream_server.url, "AMR-WB", 16000, CallerAudio.tone(440.0))
+    [start] = stream_server.wait_frames("start")
+    assert start["start"]["media_format"]["encoding"] == "AMR-WB"
+    stream_server.send({"event": "media", "media": {"payload": base64.b64encode(b"\x3c" * 61).decode()}})
+    wait_until(lambda: call.media.stats.media_ignored == 1, what="the app's frame ignored")
+    stream_server.send({"event": "mark", "mark": {"name": "m"}})
+    call.wait_mark("m")  # the socket is alive and the playout clock runs
+    assert stream_server.frames("media") == []
+    assert not call.errors_sent
