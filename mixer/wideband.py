@@ -10,8 +10,9 @@ direction, made fresh when a stream (re)starts, and no two calls are ever encode
   samples in, 160 bytes out per 20 ms. FFmpeg's `g722` encoder and decoder.
 - OPUS (RFC 6716) at 8 or 16 kHz: one packet per frame (one per media message, as pipecat's
   Telnyx serializer found necessary), encoded by libopus in VOIP mode. FFmpeg's libopus decoder
-  always gives 48 kHz, so decoded audio is resampled to the call's rate by a streaming soxr
-  resampler that belongs to the same decoder (its filter state carries over between packets).
+  always gives 48 kHz, so decoded audio is resampled to the call's rate by FFmpeg's swresample,
+  one resampler per decoder (its filter state carries over between packets). It holds back 1 ms;
+  a streaming soxr would hold 16 ms, and the ducking detector would hear the caller a frame late.
 
 A payload that does not decode raises CorruptPayload; the caller turns it into silence.
 """
@@ -24,8 +25,8 @@ from typing import Any
 import av
 import av.error
 import numpy as np
-import soxr
 from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
 
 from mixer.errors import CorruptPayload, UnsupportedCodec
 
@@ -107,15 +108,14 @@ class _AvCodec:
             if self._decoder is None:
                 self._decoder = self._open_decoder()
             try:
-                frames = self._decoder.decode(av.Packet(payload))
+                frames = self._after_decode(self._decoder.decode(av.Packet(payload)))
             except (av.error.FFmpegError, ValueError) as exc:
                 raise CorruptPayload(f"{self.name} payload of {len(payload)} bytes does not decode: {exc}") from exc
             pcm = [_mono_int16(frame.to_ndarray()) for frame in frames]
-            out = np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.int16)
-            return self._after_decode(out)
+            return np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.int16)
 
-    def _after_decode(self, pcm: np.ndarray) -> np.ndarray:
-        return pcm
+    def _after_decode(self, frames: list[Any]) -> list[Any]:
+        return frames
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.sample_rate} Hz>"
@@ -150,17 +150,16 @@ class OpusCodec(_AvCodec):
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
         self._coded_rate = sample_rate
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler: AudioResampler | None = None
 
     def _configure_encoder(self, ctx: Any) -> None:
         ctx.bit_rate = OPUS_BITRATE[self.sample_rate]
         ctx.options = {"application": "voip", "frame_duration": str(self.frame_ms), "vbr": "constrained"}
 
-    def _after_decode(self, pcm: np.ndarray) -> np.ndarray:
+    def _after_decode(self, frames: list[Any]) -> list[Any]:
         if self._resampler is None:
-            self._resampler = soxr.ResampleStream(OPUS_DECODER_RATE, self.sample_rate, 1, dtype="int16")
-        out: np.ndarray = self._resampler.resample_chunk(pcm)
-        return out.reshape(-1)
+            self._resampler = AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        return [out for frame in frames for out in self._resampler.resample(frame)]
 
 
 def make_wideband(name: str, sample_rate: int, frame_ms: int) -> G722Codec | OpusCodec:

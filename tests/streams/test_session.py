@@ -16,6 +16,7 @@ from metrics import Metrics
 from mixer.codecs import get_codec
 from mixer.errors import CorruptPayload
 from streams import protocol, schemas
+from streams.framer import Framer
 from streams.session import CallSession
 from streams.status import LIVE, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 from tests.fakes import SETTINGS, FakeClock, FakeSender, injection, logged, names, start_frame
@@ -431,3 +432,25 @@ def test_stateless_codecs_get_no_flush_frame(session: CallSession) -> None:
     session.add_injection(injection(CCID), TONE_40MS, max_active=5)
     assert play_until_finished(session) == ("inj-1",)
     assert session.begin_frame(np.zeros(session.frame_samples, np.float32)) is None
+
+
+@pytest.mark.parametrize(("encoding", "rate"), [("PCMU", 8000), ("G722", 16000), ("OPUS", 16000), ("OPUS", 8000)])
+def test_the_ducking_detector_hears_the_caller_in_the_frame_they_start(
+        log: EventLog, metrics: Metrics, encoding: str, rate: int) -> None:
+    # G.722 and OPUS decoding adds no frame of delay: OPUS's 48 kHz output is resampled with
+    # 1 ms held back (a streaming soxr held 16 ms, and the caller was heard a frame or two late).
+    session = wideband_session(log, metrics, encoding, rate)
+    assert session.attach(start_frame(CCID, encoding=encoding, sample_rate=rate), FakeSender())
+    n = session.frame_samples
+    speech = np.zeros(60 * n, np.int16)
+    speech[20 * n:] = (0.25 * 32767 * np.sin(2 * np.pi * 440 * np.arange(40 * n) / session.sample_rate))
+    caller = get_codec(encoding, rate)
+    framer = Framer()
+    heard = None
+    for i in range(60):
+        session.on_caller_audio(inbound(caller.encode(speech[i * n:(i + 1) * n])))
+        framer.feed_levels([session])
+        if session.mixer.caller_speaking:
+            heard = i
+            break
+    assert heard == 20
