@@ -210,11 +210,6 @@ AMR_WB_REFUSAL = ("AMR-WB is not supported: no maintained library with a Python 
                   "AMR-WB encoder (FFmpeg's PyAV wheels carry OpenCORE's decoder only); use G722, OPUS or L16.")
 
 
-def audio_rate(encoding: str, sample_rate: int) -> int:
-    """The PCM rate a stream of `encoding` at Telnyx's nominal `sample_rate` really carries."""
-    return 16000 if encoding.strip().upper() == "G722" else sample_rate
-
-
 # One instance per stateless format, so calls on the same format share it and the media clock
 # encodes them together (it compares codecs by identity). At most eight such formats.
 _CODECS: dict[tuple[str, int, str], Codec] = {}
