@@ -65,6 +65,7 @@ call: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_recording.py
+	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_loopback.py

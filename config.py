@@ -12,12 +12,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mixer.codecs import AMR_WB_REFUSAL, SUPPORTED_RATES
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
 
-CODECS = ("PCMU", "PCMA", "L16")
+CODECS = tuple(SUPPORTED_RATES)  # PCMU, PCMA, G722, OPUS, L16
 TARGET_LEGS = ("self", "opposite", "both")
 TRACKS = ("inbound_track", "outbound_track", "both_tracks")
 
@@ -95,13 +97,11 @@ class Config:
             if not ok:
                 raise ConfigError(f"{key}: {why} (got {getattr(self, key)!r})")
 
+        need(self.STREAM_CODEC != "AMR-WB", "STREAM_CODEC", AMR_WB_REFUSAL)
         need(self.STREAM_CODEC in CODECS, "STREAM_CODEC", f"must be one of {', '.join(CODECS)}")
-        need(self.STREAM_SAMPLE_RATE in (8000, 16000), "STREAM_SAMPLE_RATE", "must be 8000 or 16000")
-        need(
-            self.STREAM_CODEC == "L16" or self.STREAM_SAMPLE_RATE == 8000,
-            "STREAM_SAMPLE_RATE",
-            "G.711 (PCMU/PCMA) runs at 8000 Hz only",
-        )
+        rates = SUPPORTED_RATES[self.STREAM_CODEC]
+        need(self.STREAM_SAMPLE_RATE in rates, "STREAM_SAMPLE_RATE",
+             f"must be one of {', '.join(map(str, rates))} with {self.STREAM_CODEC}")
         need(self.STREAM_TARGET_LEGS in TARGET_LEGS, "STREAM_TARGET_LEGS",
              f"must be one of {', '.join(TARGET_LEGS)}")
         need(self.STREAM_TRACK in TRACKS, "STREAM_TRACK", f"must be one of {', '.join(TRACKS)}")

@@ -83,7 +83,7 @@ METRICS: dict[str, Declared] = {
     "websocket_errors_total": _counter(
         "Malformed or unexpected WebSocket frames, by reason",
         reason=("malformed_frame", "wrong_call", "unexpected_start", "stream_not_active", "unsupported_codec",
-                "telnyx_error")),
+                "telnyx_error", "undecodable_media")),
     "webhooks_total": _counter(
         "Webhooks by outcome",
         outcome=("handled", "ignored", "duplicate", "invalid", "invalid_json", "bad_signature")),

@@ -1,4 +1,8 @@
-"""Wire codecs for Telnyx RTP mode: G.711 μ-law (PCMU), A-law (PCMA), and L16.
+"""Wire codecs for Telnyx RTP mode: G.711 μ-law (PCMU), A-law (PCMA), L16, G.722 and OPUS.
+
+G.711 and L16 are stateless: one shared instance per format, and the media clock encodes every
+call of a format as one block. G.722 and OPUS keep state between frames (mixer.wideband): each
+call has its own instance per direction, and they are never batched.
 
 G.711 is table driven. The tables are computed once, at import, by vectorised numpy versions of
 the segment arithmetic of Sun's reference g711.c (the one CPython's audioop used), so the results
@@ -131,16 +135,16 @@ class Codec(Protocol):
     """What the media socket needs from a codec: bytes in, int16 out, and back."""
 
     @property
-    def name(self) -> str: ...  # "PCMU", "PCMA" or "L16", as Telnyx spells it
+    def name(self) -> str: ...  # "PCMU", "PCMA", "L16", "G722" or "OPUS", as Telnyx spells it
 
     @property
-    def sample_rate(self) -> int: ...
+    def sample_rate(self) -> int: ...  # of the PCM side (G.722: 16000, whatever Telnyx names)
 
     @property
-    def silence_byte(self) -> int: ...  # the byte that encodes digital silence
+    def stateful(self) -> bool: ...  # True: one instance per call and direction, never batched
 
     @property
-    def bytes_per_sample(self) -> int: ...
+    def bytes_per_sample(self) -> int: ...  # 0 for compressed codecs
 
     def encode(self, pcm: np.ndarray) -> bytes: ...
 
@@ -157,6 +161,7 @@ class G711Codec:
     encode_table: np.ndarray
     decode_table: np.ndarray
     bytes_per_sample: int = 1
+    stateful: bool = False
 
     def encode(self, pcm: np.ndarray) -> bytes:
         return self.encode_table[_as_int16(pcm).view(np.uint16)].tobytes()
@@ -175,6 +180,7 @@ class L16Codec:
     name: str = "L16"
     silence_byte: int = 0x00
     bytes_per_sample: int = 2
+    stateful: bool = False
 
     @property
     def _wire_dtype(self) -> np.dtype:
@@ -190,18 +196,36 @@ class L16Codec:
         return np.frombuffer(payload, dtype=self._wire_dtype, count=usable // 2).astype(np.int16)
 
 
-_G711_RATES = (8000,)
-_L16_RATES = (8000, 16000)
+# The rates Telnyx names in `stream_bidirectional_sampling_rate` that we take, per codec. G.722's
+# audio is 16 kHz at either nominal rate (mixer.wideband); L16 takes every rate Telnyx lists.
+SUPPORTED_RATES: dict[str, tuple[int, ...]] = {
+    "PCMU": (8000,),
+    "PCMA": (8000,),
+    "G722": (8000, 16000),
+    "OPUS": (8000, 16000),
+    "L16": (8000, 16000, 22050, 24000, 48000),
+}
+STATEFUL = ("G722", "OPUS")
+AMR_WB_REFUSAL = ("AMR-WB is not supported: no maintained library with a Python binding ships an "
+                  "AMR-WB encoder (FFmpeg's PyAV wheels carry OpenCORE's decoder only); use G722, OPUS or L16.")
 
 
-# One instance per format, so calls on the same format share it and the media clock encodes
-# them together (it compares codecs by identity). At most six supported formats.
+# One instance per stateless format, so calls on the same format share it and the media clock
+# encodes them together (it compares codecs by identity). At most eight such formats.
 _CODECS: dict[tuple[str, int, str], Codec] = {}
 
 
-def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Codec:
-    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive)."""
+def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big", frame_ms: int = 20) -> Codec:
+    """The codec for a Telnyx `media_format` (encoding name as Telnyx spells it, case-insensitive).
+
+    Stateless formats (G.711, L16) give one shared instance; G722 and OPUS a new one on every
+    call, to be used for one direction of one stream. `frame_ms` is the length of an OPUS packet.
+    """
     name = encoding.strip().upper()
+    if name in STATEFUL:
+        from mixer.wideband import make_wideband  # PyAV loads FFmpeg: only when a call needs it
+
+        return make_wideband(name, sample_rate, frame_ms)
     key = (name, sample_rate, l16_byteorder if name == "L16" else "")
     codec = _CODECS.get(key)
     if codec is None:
@@ -212,16 +236,19 @@ def get_codec(encoding: str, sample_rate: int, l16_byteorder: str = "big") -> Co
 
 def _make_codec(name: str, sample_rate: int, l16_byteorder: str, encoding: str) -> Codec:
     if name in ("PCMU", "PCMA"):
-        if sample_rate not in _G711_RATES:
+        if sample_rate not in SUPPORTED_RATES[name]:
             raise UnsupportedCodec(f"{name} runs at 8000 Hz only, not {sample_rate} Hz; "
-                                   "choose a sample rate of 8000 or the L16 codec.")
+                                   "choose a sample rate of 8000, or G722, OPUS or L16 for wideband.")
         if name == "PCMU":
             return G711Codec("PCMU", sample_rate, ULAW_SILENCE, ULAW_ENCODE_TABLE, ULAW_DECODE_TABLE)
         return G711Codec("PCMA", sample_rate, ALAW_SILENCE, ALAW_ENCODE_TABLE, ALAW_DECODE_TABLE)
     if name == "L16":
-        if sample_rate not in _L16_RATES:
-            raise UnsupportedCodec(f"L16 is supported at 8000 or 16000 Hz, not {sample_rate} Hz.")
+        if sample_rate not in SUPPORTED_RATES["L16"]:
+            raise UnsupportedCodec(f"L16 is supported at 8000, 16000, 22050, 24000 or 48000 Hz, "
+                                   f"not {sample_rate} Hz.")
         if l16_byteorder not in ("big", "little"):
             raise UnsupportedCodec(f"L16 byte order must be 'big' or 'little', not {l16_byteorder!r}.")
         return L16Codec(sample_rate, l16_byteorder)
-    raise UnsupportedCodec(f"codec {encoding!r} is not supported; use PCMU, PCMA or L16.")
+    if name == "AMR-WB":
+        raise UnsupportedCodec(AMR_WB_REFUSAL)
+    raise UnsupportedCodec(f"codec {encoding!r} is not supported; use PCMU, PCMA, G722, OPUS or L16.")

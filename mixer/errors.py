@@ -43,3 +43,9 @@ class SpeechUnavailable(AudioError):
 
 class UnsupportedCodec(AudioError):
     code = "unsupported_codec"
+
+
+class CorruptPayload(AudioError):
+    """A media payload from the wire that its codec cannot decode (garbage, truncated, wrong codec)."""
+
+    code = "corrupt_payload"

@@ -156,7 +156,7 @@ class SimCall:
     def caller_pcm(self) -> Int16Array:
         """What the caller said (as sent in inbound frames), at the media rate."""
         params = self.stream_params
-        rate = params.media_rate if params else 8000
+        rate = params.media_audio_rate if params else 8000
         clip = self.caller_audio.render(rate)
         n = self.media.caller_pos
         if len(clip) == 0:

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from simulator import wideband
 from simulator.audio import CallerAudio, Int16Array, wav_bytes
 from simulator.fake import FakeTelnyx, SimCall
 
@@ -108,11 +109,17 @@ def summarize(call: SimCall, fake: FakeTelnyx, responses: list[tuple[str, int, A
     heard = call.heard_pcm().astype(np.float64) / 32768
     params = call.stream_params
     rate = params.playout_rate if params else 8000
-    bps = 2 if params is not None and params.playout_encoding == "L16" else 1
+    encoding = params.playout_encoding if params is not None else "PCMU"
+    bps = 2 if encoding == "L16" else 1
     late, worst, end = 0, 0.0, None
     total = 0.0
     for arrival, payload in call.received:
-        duration = len(payload) / bps / rate
+        try:
+            samples = wideband.payload_samples(encoding, payload, rate) if encoding in wideband.CODECS \
+                else len(payload) // bps
+        except wideband.DecodeError:
+            continue  # the simulator refused it: nothing was played
+        duration = samples / rate
         total += duration
         if end is not None and 0 < arrival - end < HOLE_LIMIT_S:
             late += 1
@@ -254,7 +261,7 @@ def write_outputs(call: SimCall, out_dir: Path, moments: Sequence[Moment] = ()) 
     """DIR/mix.wav (what the caller heard) and DIR/mix.png (it drawn, `moments` marked on it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wav = call.save_wav(out_dir / "mix.wav")
-    caller_rate = call.stream_params.media_rate if call.stream_params else call.sample_rate
+    caller_rate = call.stream_params.media_audio_rate if call.stream_params else call.sample_rate
     png = plot_mix(call.heard_pcm(), call.caller_pcm(), call.sample_rate, out_dir / "mix.png", moments,
                    caller_rate=caller_rate)
     return wav, png
@@ -377,4 +384,4 @@ def plot_mix(heard: Int16Array, caller: Int16Array, rate: int, path: Path, momen
 
 
 def save_caller(call: SimCall, path: Path) -> None:
-    sf.write(path, call.caller_pcm(), call.stream_params.media_rate if call.stream_params else 8000)
+    sf.write(path, call.caller_pcm(), call.stream_params.media_audio_rate if call.stream_params else 8000)

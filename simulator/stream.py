@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import soundfile as sf
 
-from simulator import g711
+from simulator import g711, wideband
 from simulator.audio import CallerAudio, FloatArray, Int16Array, resample, to_pcm16
 from simulator.recorder import Recorder
 from simulator.stream_params import CallIdentity, StreamParams
@@ -169,6 +169,22 @@ _ENCODED_LOCK = threading.Lock()
 _MAX_CACHED_FRAMES = 4096  # per clip and format: ~1 MB of base64 for G.711, ~3.5 MB for 16 kHz L16
 
 
+_FRAMED: weakref.WeakKeyDictionary[CallerAudio, dict[tuple[str, int], tuple[list[bytes], dict[int, str]]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def encoded_caller_frames(audio: CallerAudio, encoding: str, rate: int) -> tuple[list[bytes], dict[int, str]]:
+    """G.722 / OPUS caller audio: the clip encoded as one stream, one payload per 20 ms frame,
+    with the base64 of each frame index sent so far (shared like encoded_caller_audio)."""
+    with _ENCODED_LOCK:
+        per = _FRAMED.setdefault(audio, {})
+        key = (encoding, rate)
+        if key not in per:
+            pcm = to_pcm16(audio.render(rate))
+            per[key] = (wideband.encode_frames(pcm, encoding, rate, rate * FRAME_MS // 1000), {})
+        return per[key]
+
+
 def encoded_caller_audio(audio: CallerAudio, encoding: str, rate: int,
                          byteorder: str) -> tuple[bytes, dict[int, str]]:
     with _ENCODED_LOCK:
@@ -209,21 +225,42 @@ class MediaStream:
         self.started = asyncio.Event()
         self._pending_marks: deque[tuple[int, str]] = deque()  # (due sample, name), due non-decreasing
         self._last_mp3 = -1e9
-        enc, rate = params.media_encoding, params.media_rate
+        enc, rate = params.media_encoding, params.media_audio_rate
         self._frame_samples = rate * FRAME_MS // 1000
-        self._frame_bytes = self._frame_samples * g711.bytes_per_sample(enc)
-        self._silence_b64 = base64.b64encode(g711.silence_payload(enc, self._frame_samples)).decode()
-        self._caller, self._caller_b64 = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
-            if caller_audio.kind != "silence" else (b"", {})
+        # G.722 and OPUS: one payload per frame, from a stream encoded once (simulator.wideband).
+        self._framed = enc in wideband.CODECS
+        self._caller_frames: list[bytes] = []
+        self._caller_b64: dict[int, str]
+        if self._framed:
+            self._frame_bytes = 0
+            silence = wideband.encode_frames(np.zeros(self._frame_samples, np.int16), enc, rate, self._frame_samples)
+            self._silence_b64 = base64.b64encode(silence[0]).decode()
+            self._caller = b""
+            self._caller_b64 = {}
+            if caller_audio.kind != "silence":
+                self._caller_frames, self._caller_b64 = encoded_caller_frames(caller_audio, enc, rate)
+        else:
+            self._frame_bytes = self._frame_samples * g711.bytes_per_sample(enc)
+            self._silence_b64 = base64.b64encode(g711.silence_payload(enc, self._frame_samples)).decode()
+            self._caller, self._caller_b64 = encoded_caller_audio(caller_audio, enc, rate, params.l16_byteorder) \
+                if caller_audio.kind != "silence" and enc in g711.SUPPORTED_CODECS else (b"", {})
         self._caller_loop = caller_audio.loop
-        self._send_inbound = params.track in ("inbound_track", "both_tracks")
-        self._send_outbound = params.track in ("outbound_track", "both_tracks")
+        # AMR-WB: the simulator has no encoder, so it sends no media rather than bytes that are not AMR-WB.
+        speaks = self._framed or enc in g711.SUPPORTED_CODECS
+        if not speaks:
+            logger.warning("stream %s: the simulator cannot encode %s; it sends no media frames", stream_id, enc)
+        self._send_inbound = speaks and params.track in ("inbound_track", "both_tracks")
+        self._send_outbound = speaks and params.track in ("outbound_track", "both_tracks")
         self._media_prefix = '{"event":"media","sequence_number":"'
         # What the app's media frames need, looked up once (params are frozen).
         self._mp3_mode = params.mode == "mp3"
         self._playout_encoding, self._playout_rate = params.playout_encoding, params.playout_rate
         self._playout_bps = g711.bytes_per_sample(params.playout_encoding) \
-            if params.playout_encoding in g711.SUPPORTED_CODECS else 0  # 0: the simulator cannot play it
+            if params.playout_encoding in g711.SUPPORTED_CODECS else 0  # 0: no G.711/L16 to play
+        # G.722 / OPUS from the app: decoded on arrival, in order, by this stream's own decoder.
+        self._playout_decoder = wideband.new_decoder(params.playout_encoding, params.playout_rate) \
+            if params.playout_encoding in wideband.CODECS and not self._mp3_mode else None
+        self._heard_encoder: wideband.Encoder | None = None  # the outbound track, when asked for
         self._caller_hears = params.caller_hears
 
     # ---- connection -------------------------------------------------------------------------
@@ -388,6 +425,8 @@ class MediaStream:
                 f'"timestamp":"{timestamp_ms}","payload":"{payload_b64}"}},"stream_id":"{self.stream_id}"}}')
 
     def _caller_frame(self) -> str:
+        if self._framed:
+            return self._caller_framed()
         data, size = self._caller, self._frame_bytes
         bps = size // self._frame_samples
         pos = self.state.caller_pos * bps
@@ -409,13 +448,32 @@ class MediaStream:
             self._caller_b64[pos] = text
         return text
 
+    def _caller_framed(self) -> str:
+        frames = self._caller_frames
+        index = self.state.caller_pos // self._frame_samples
+        self.state.caller_pos += self._frame_samples
+        if not frames or (not self._caller_loop and index >= len(frames)):
+            return self._silence_b64
+        index %= len(frames)
+        cached = self._caller_b64.get(index)
+        if cached is None:
+            cached = base64.b64encode(frames[index]).decode()
+            if len(self._caller_b64) < _MAX_CACHED_FRAMES:
+                self._caller_b64[index] = cached
+        return cached
+
     def _heard_frame(self, now: float) -> str:
         rec = self.state.recorder
         rate = self.params.playout_rate
         n = rate * FRAME_MS // 1000
         pcm = rec.render(now, max(0, rec.position(now) - n), n)
-        if rate != self.params.media_rate:
-            pcm = to_pcm16(resample((pcm / 32768).astype(np.float32), rate, self.params.media_rate))
+        media_rate = self.params.media_audio_rate
+        if rate != media_rate:
+            pcm = to_pcm16(resample((pcm / 32768).astype(np.float32), rate, media_rate))
+        if self._framed:
+            if self._heard_encoder is None:
+                self._heard_encoder = wideband.new_encoder(self.params.media_encoding, media_rate)
+            return base64.b64encode(self._heard_encoder.encode(pcm)).decode()
         return base64.b64encode(g711.encode(pcm, self.params.media_encoding,
                                             l16_byteorder=self.params.l16_byteorder)).decode()
 
@@ -480,6 +538,9 @@ class MediaStream:
         if self._mp3_mode:
             self._mp3(payload, now)
             return
+        if self._playout_decoder is not None:
+            self._wideband(payload, now)
+            return
         enc, rate, bps = self._playout_encoding, self._playout_rate, self._playout_bps
         if not bps:
             stats.media_ignored += 1
@@ -493,6 +554,22 @@ class MediaStream:
                                 f"(got {samples * 1000 / rate:g} ms).")
             return
         st.recorder.queue_encoded(now, payload, enc, self.params.l16_byteorder, samples, self._caller_hears)
+
+    def _wideband(self, payload: bytes, now: float) -> None:
+        """G.722 or OPUS: one payload is one chunk; checked for length, decoded now (stateful)."""
+        assert self._playout_decoder is not None
+        rate = self._playout_rate
+        try:
+            samples = wideband.payload_samples(self._playout_encoding, payload, rate)
+            if samples * 1000 < MIN_CHUNK_MS * rate or samples > MAX_CHUNK_S * rate:
+                self._error(100004, f"Media chunks must hold {MIN_CHUNK_MS} ms to {MAX_CHUNK_S:g} s of audio "
+                                    f"(got {samples * 1000 / rate:g} ms).")
+                return
+            pcm = self._playout_decoder.decode(payload)
+        except wideband.DecodeError as exc:
+            self._error(100004, f"{self._playout_encoding} media does not decode: {exc}")
+            return
+        self.state.recorder.queue(now, pcm, self._caller_hears)
 
     def _mp3(self, payload: bytes, now: float) -> None:
         pcm = _decode_mp3(payload, self.params.playout_rate)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from simulator import wideband
+
 
 @dataclass(frozen=True)
 class StreamParams:
@@ -49,8 +51,11 @@ class StreamParams:
 
     @property
     def playout_rate(self) -> int:
-        # G.711 is 8 kHz by definition; only L16 (and wideband codecs) follow the requested rate.
-        return 8000 if self.bidirectional_codec in ("PCMU", "PCMA") else self.bidirectional_sampling_rate
+        """The rate of the PCM the caller hears. G.711 is 8 kHz by definition and G.722 16 kHz
+        (whatever rate is named, RFC 3551 4.5.2); L16 and OPUS follow the requested rate."""
+        if self.bidirectional_codec in ("PCMU", "PCMA"):
+            return 8000
+        return wideband.audio_rate(self.bidirectional_codec, self.bidirectional_sampling_rate)
 
     @property
     def media_encoding(self) -> str:
@@ -64,6 +69,11 @@ class StreamParams:
         if self.media_encoding == self.bidirectional_codec:
             return self.bidirectional_sampling_rate
         return 16000 if self.media_encoding == "L16" else 8000
+
+    @property
+    def media_audio_rate(self) -> int:
+        """The rate of the caller's PCM behind the frames Telnyx sends (media_rate but for G.722)."""
+        return wideband.audio_rate(self.media_encoding, self.media_rate)
 
     @property
     def caller_hears(self) -> bool:

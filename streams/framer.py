@@ -6,7 +6,7 @@ cost per operation dominates. So the framer batches across calls (see mixer.batc
   one pass per codec, then fed to each call's ducking detector;
 - outbound: each call mixes into one row of a block; the block is scaled (a lone source's
   gain), limited, converted, encoded and wrapped in media messages together, and each call
-  sends its own.
+  sends its own. G.722 and OPUS calls are encoded row by row, each by its own encoder.
 Only the mixing itself, and the send, stay per call.
 """
 
@@ -72,7 +72,8 @@ class Framer:
 
     def feed_levels(self, calls: Sequence[Framed]) -> None:
         """Measure the caller audio every call received since the last tick, for ducking."""
-        # By codec instance (one per format, see get_codec): L16 byte orders must not mix.
+        # By codec instance (one per format, see get_codec): L16 byte orders must not mix. G.722
+        # and OPUS arrive here already decoded (CallSession.on_caller_audio), as little-endian L16.
         groups: dict[int, tuple[Codec, list[bytes], list[tuple[Mixer, int]]]] = {}
         for call in calls:
             try:
@@ -134,11 +135,11 @@ class Framer:
         pcm = finish_frames(rows, [frame.mixer for _, frame in mixed], [frame.gain for _, frame in mixed])
         codec = mixed[0][1].codec
         payloads: Sequence[bytes | np.ndarray]  # each call's encoded audio, for its recording
-        if all(frame.codec is codec for _, frame in mixed):
+        if not codec.stateful and all(frame.codec is codec for _, frame in mixed):
             encoded = np.frombuffer(codec.encode(pcm), dtype=np.uint8).reshape(len(mixed), -1)
             messages = media_messages(encoded)
             payloads = list(encoded)
-        else:  # calls of one frame size on different codecs: rare, encode row by row
+        else:  # G.722/OPUS (each call's own encoder state), or mixed formats: row by row
             each = [frame.codec.encode(row) for (_, frame), row in zip(mixed, pcm, strict=True)]
             messages = [media_frame(payload).encode() for payload in each]
             payloads = each

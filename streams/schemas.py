@@ -477,8 +477,12 @@ class Stream(Answer):
     from_: str | None = Field(alias="from")
     to: str | None
     direction: str | None
-    codec: str
-    sample_rate: int
+    codec: Literal["PCMU", "PCMA", "G722", "OPUS", "L16"] = Field(
+        description="The call's codec as Telnyx names it (media_format.encoding of the last `start`, "
+                    "or STREAM_CODEC before it).")
+    sample_rate: Literal[8000, 16000, 22050, 24000, 48000] = Field(
+        description="The rate of the call's audio and mixer, Hz: 8000 for PCMU and PCMA, 16000 for G722 "
+                    "(whatever nominal rate Telnyx names), 8000 or 16000 for OPUS, any of these for L16.")
     created_at: str
     started_at: str | None
     ended_at: str | None

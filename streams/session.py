@@ -27,6 +27,7 @@ from eventlog import EventLog, utc_now
 from frontdoor import CloseCode
 from metrics import Metrics
 from mixer.codecs import Codec, get_codec
+from mixer.errors import CorruptPayload
 from mixer.geometry import FrameGeometry
 from mixer.mixer import DuckingConfig, Mixer
 from streams import protocol
@@ -114,8 +115,11 @@ class CallSession:
         backlog = max(CALLER_AUDIO_BACKLOG, settings.ducking.hold_ms // settings.frame_ms + 2)
         self._caller_audio: deque[tuple[Codec, bytes]] = deque(maxlen=backlog)
         self._dead_conn: Sender | None = None  # the socket whose last send failed (clock thread only)
-        self._codec: Codec = get_codec(settings.codec, settings.sample_rate, settings.l16_byte_order)
-        self.geometry = FrameGeometry(settings.sample_rate, settings.frame_ms)
+        self._flush_due = False  # a stateful encoder has a sound's tail to let out (clock thread only)
+        # The encoder of our mix and the decoder of the caller: one shared object for G.711 and
+        # L16; for G.722 and OPUS two of the call's own, replaced by every `start` (attach).
+        self._codec, self._decoder = self._codecs(settings.codec, settings.sample_rate)
+        self.geometry = FrameGeometry(self._codec.sample_rate, settings.frame_ms)
         self.frame_samples = self.geometry.samples_per_frame  # read by the clock every tick
         self._clock = clock
         self.mixer = self._new_mixer()
@@ -136,6 +140,13 @@ class CallSession:
         # recording it finds, or to none).
         self.recording: Recording | None = None
         self.callbacks: Callbacks | None = None  # told when an injection or the call ends
+
+    def _codecs(self, encoding: str, sample_rate: int) -> tuple[Codec, Codec]:
+        s = self.settings
+        encoder = get_codec(encoding, sample_rate, s.l16_byte_order, s.frame_ms)
+        if not encoder.stateful:
+            return encoder, encoder
+        return encoder, get_codec(encoding, sample_rate, s.l16_byte_order, s.frame_ms)
 
     def _new_mixer(self) -> Mixer:
         return Mixer(self.geometry, ducking=self.settings.ducking, on_activity=self._clock.poke)
@@ -207,7 +218,7 @@ class CallSession:
         False when the call has ended meanwhile (then nothing is bound).
         """
         fmt = start.media_format
-        codec = get_codec(fmt.encoding, fmt.sample_rate, self.settings.l16_byte_order)
+        codec, decoder = self._codecs(fmt.encoding, fmt.sample_rate)  # fresh codec state per stream
         with self._lock:
             if not self.live:
                 return False
@@ -225,16 +236,16 @@ class CallSession:
             if rec is not None and not rec.closing and codec.sample_rate != rec.sample_rate:
                 rec.close("the stream's sample rate changed; the rest is not recorded")  # one file, one rate
                 self.record = False
-            if fmt.sample_rate != self.geometry.sample_rate:
+            if codec.sample_rate != self.geometry.sample_rate:
                 # Sources were decoded at the configured rate; Telnyx chose another one.
-                self.geometry = FrameGeometry(fmt.sample_rate, self.settings.frame_ms)
+                self.geometry = FrameGeometry(codec.sample_rate, self.settings.frame_ms)
                 self.frame_samples = self.geometry.samples_per_frame
                 for inj in self.injections.values():
                     if inj.active and inj.mode == "mix":
                         self._finish(inj, InjectionStatus.FAILED, error="stream sample rate changed")
                 self.mixer.stop_all()
                 self.mixer = self._new_mixer()
-            self._codec = codec
+            self._codec, self._decoder = codec, decoder
             if self.recording is not None:
                 self.recording.new_stream()
             elif self.record:
@@ -270,19 +281,45 @@ class CallSession:
         self.save()
 
     def on_caller_audio(self, media: protocol.Media) -> None:
-        """Keep the caller's audio for the clock, which measures every call's at once for ducking."""
+        """Keep the caller's audio for the clock, which measures every call's at once for ducking.
+
+        G.722 and OPUS are decoded here, in arrival order, by the stream's own decoder; a payload
+        that does not decode counts as a frame of silence, and raises CorruptPayload afterwards
+        for the socket to report (the call goes on).
+        """
         self.frames_received += 1
+        if media.track != "inbound":
+            return
         payload = media.payload
-        codec = self._codec
-        width = codec.bytes_per_sample
-        if media.track == "inbound" and len(payload) >= width:
-            # With its codec: a reconnect may change it before the clock measures this chunk.
-            whole = payload[:len(payload) - len(payload) % width]
-            self._caller_audio.append((codec, whole))
-            self.caller_meter.add(time.monotonic(), codec, whole)
+        decoder = self._decoder
+        now = time.monotonic()
+        if not decoder.stateful:
+            width = decoder.bytes_per_sample
+            if len(payload) >= width:
+                # With its codec: a reconnect may change it before the clock measures this chunk.
+                whole = payload[:len(payload) - len(payload) % width]
+                self._caller_audio.append((decoder, whole))
+                self.caller_meter.add(now, decoder, whole)
+                rec = self.recording
+                if rec is not None:
+                    rec.caller(decoder, whole, media.chunk, now)
+            return
+        error: CorruptPayload | None = None
+        try:
+            pcm = decoder.decode(payload)
+        except CorruptPayload as exc:
+            pcm, error = np.zeros(self.frame_samples, dtype=np.int16), exc
+        if len(pcm):
+            # Decoded here, in arrival order (the decoder has state): the rest takes it as L16.
+            pcm_codec = get_codec("L16", decoder.sample_rate, "little")
+            whole = pcm.astype("<i2", copy=False).tobytes()
+            self._caller_audio.append((pcm_codec, whole))
+            self.caller_meter.add(now, pcm_codec, whole)
             rec = self.recording
             if rec is not None:
-                rec.caller(codec, whole, media.chunk, time.monotonic())
+                rec.caller(pcm_codec, whole, media.chunk, now)
+        if error is not None:
+            raise error
 
     def on_mark(self, name: str) -> None:
         """Telnyx played everything before this mark (or a clear returned it)."""
@@ -487,9 +524,17 @@ class CallSession:
         if len(out) != mixer.geometry.samples_per_frame:
             return None  # the stream's sample rate changed since the clock looked
         mixed = mixer.mix_unscaled_into(out)
+        codec = self._codec
         if mixed is None:
-            return None
-        return OutFrame(conn, mixer, self._codec, *mixed)
+            if not (self._flush_due and codec.stateful):
+                return None
+            # G.722 and OPUS hold the last few ms of a sound in their look-ahead (OPUS 6.5 ms):
+            # one frame of silence after the sound lets them out, instead of a cut mid-waveform.
+            self._flush_due = False
+            out[:] = 0.0
+            return OutFrame(conn, mixer, codec, (), 1.0)
+        self._flush_due = True
+        return OutFrame(conn, mixer, codec, *mixed)
 
     def end_frame(self, frame: OutFrame, message: bytes, payload: bytes | np.ndarray | None = None) -> bool:
         """Send the frame's media message; False when the socket did not take it. `payload` is

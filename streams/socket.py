@@ -14,7 +14,7 @@ from collections.abc import Callable
 from eventlog import EventLog
 from frontdoor import CloseCode, Connection, HttpError, Request
 from metrics import Metrics
-from mixer.errors import UnsupportedCodec
+from mixer.errors import CorruptPayload, UnsupportedCodec
 from runtime import Runtime
 from streams import protocol
 from streams.auth import Grant, StreamAuthError
@@ -80,7 +80,10 @@ class StreamHandler:
             if self.unreported_frames >= REPORT_FRAMES_EVERY:
                 self._report_frames()
             if session is not None:
-                session.on_caller_audio(frame)
+                try:
+                    session.on_caller_audio(frame)
+                except CorruptPayload as exc:  # taken as silence; the call goes on
+                    self.problem("undecodable_media", str(exc))
             return False
         if isinstance(frame, protocol.Start):
             self._start(frame)

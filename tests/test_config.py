@@ -30,6 +30,11 @@ def test_environment_then_overrides_win(tmp_path):
         ({"PORT": 0}, "PORT"),
         ({"STREAM_CODEC": "G729"}, "STREAM_CODEC"),
         ({"STREAM_CODEC": "PCMU", "STREAM_SAMPLE_RATE": 16000}, "STREAM_SAMPLE_RATE"),
+        ({"STREAM_CODEC": "OPUS", "STREAM_SAMPLE_RATE": 22050}, "STREAM_SAMPLE_RATE"),
+        ({"STREAM_CODEC": "G722", "STREAM_SAMPLE_RATE": 48000}, "STREAM_SAMPLE_RATE"),
+        ({"STREAM_CODEC": "L16", "STREAM_SAMPLE_RATE": 32000}, "STREAM_SAMPLE_RATE"),
+        ({"STREAM_CODEC": "AMR-WB", "STREAM_SAMPLE_RATE": 16000}, "STREAM_CODEC"),
+        ({"STREAM_CODEC": "opus"}, "STREAM_CODEC"),  # Telnyx's names are case sensitive
         ({"STREAM_TARGET_LEGS": "everyone"}, "STREAM_TARGET_LEGS"),
         ({"WEBHOOK_VERIFY": "maybe"}, "WEBHOOK_VERIFY"),
         ({"STREAM_WEBSOCKET_URL": "https://example.com/stream"}, "STREAM_WEBSOCKET_URL"),
@@ -80,3 +85,15 @@ def test_a_recording_dir_that_cannot_be_made_stops_start_up(tmp_path):
     with pytest.raises(ConfigError, match=r"^RECORDING_DIR: cannot create"):
         create_app({"DATABASE_PATH": tmp_path / "db.sqlite3", "RECORDING": True,
                     "RECORDING_DIR": str(tmp_path / "taken" / "recordings")})
+@pytest.mark.parametrize(("codec", "rate"), [
+    ("PCMU", 8000), ("PCMA", 8000), ("G722", 8000), ("G722", 16000), ("OPUS", 8000), ("OPUS", 16000),
+    ("L16", 8000), ("L16", 16000), ("L16", 22050), ("L16", 24000), ("L16", 48000)])
+def test_every_supported_codec_and_rate_is_accepted(codec, rate):
+    cfg = load_config({"STREAM_CODEC": codec, "STREAM_SAMPLE_RATE": rate}, environ={}, dotenv=None)
+    assert codec == cfg.STREAM_CODEC
+    assert rate == cfg.STREAM_SAMPLE_RATE
+
+
+def test_amr_wb_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"^STREAM_CODEC: AMR-WB is not supported: no maintained library"):
+        load_config({"STREAM_CODEC": "AMR-WB"}, environ={}, dotenv=None)

@@ -30,6 +30,9 @@ def stream_params(rt: Runtime, call_control_id: str, stream_url: str) -> dict[st
         "stream_track": c.STREAM_TRACK,
         "stream_bidirectional_mode": "rtp",
         "stream_bidirectional_codec": c.STREAM_CODEC,
+        # The caller's audio in the same codec: left at "default", Telnyx sends the call's own
+        # (PCMU from most trunks), and media_format would not match what we must send.
+        "stream_codec": c.STREAM_CODEC,
         "stream_bidirectional_sampling_rate": c.STREAM_SAMPLE_RATE,
         "stream_bidirectional_target_legs": c.STREAM_TARGET_LEGS,
         # Always: no media socket is ever unauthenticated (streams.auth).

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mixer.codecs import (
+    AMR_WB_REFUSAL,
     alaw_decode,
     alaw_encode,
     float_to_pcm16,
@@ -83,7 +84,7 @@ def test_codecs_frame_sizes_and_silence():
     assert get_codec("pcmu", 8000).name == "PCMU"  # media_format spelling varies in case
 
 
-@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 48000])
 def test_l16_is_big_endian_by_default(rate):
     codec = get_codec("L16", rate)
     pcm = np.array([1, -2, 0x1234, -32768, 32767], dtype=np.int16)
@@ -103,11 +104,15 @@ def test_l16_little_endian_and_odd_payload():
 
 
 @pytest.mark.parametrize(("encoding", "rate", "order", "message"), [
-    ("G722", 8000, "big", "codec 'G722' is not supported; use PCMU, PCMA or L16."),
-    ("OPUS", 16000, "big", "codec 'OPUS' is not supported; use PCMU, PCMA or L16."),
-    ("PCMU", 16000, "big", "PCMU runs at 8000 Hz only, not 16000 Hz; choose a sample rate of 8000 or the L16 codec."),
-    ("PCMA", 48000, "big", "PCMA runs at 8000 Hz only, not 48000 Hz; choose a sample rate of 8000 or the L16 codec."),
-    ("L16", 24000, "big", "L16 is supported at 8000 or 16000 Hz, not 24000 Hz."),
+    ("AMR-WB", 16000, "big", AMR_WB_REFUSAL),
+    ("G729", 8000, "big", "codec 'G729' is not supported; use PCMU, PCMA, G722, OPUS or L16."),
+    ("G722", 24000, "big", "G722 is sent at a nominal 8000 or 16000 Hz, not 24000 Hz."),
+    ("OPUS", 48000, "big", "OPUS is supported at 8000 or 16000 Hz, not 48000 Hz."),
+    ("PCMU", 16000, "big", "PCMU runs at 8000 Hz only, not 16000 Hz; choose a sample rate of 8000, "
+                           "or G722, OPUS or L16 for wideband."),
+    ("PCMA", 48000, "big", "PCMA runs at 8000 Hz only, not 48000 Hz; choose a sample rate of 8000, "
+                           "or G722, OPUS or L16 for wideband."),
+    ("L16", 32000, "big", "L16 is supported at 8000, 16000, 22050, 24000 or 48000 Hz, not 32000 Hz."),
     ("L16", 16000, "middle", "L16 byte order must be 'big' or 'little', not 'middle'."),
 ])
 def test_unsupported_codecs(encoding, rate, order, message):
@@ -123,6 +128,17 @@ def test_one_codec_instance_per_format_however_it_is_spelled():
     assert get_codec("L16", 16000) is get_codec("l16", 16000, "big")
     assert get_codec("L16", 16000, "little") is not get_codec("L16", 16000, "big")
     assert get_codec("PCMA", 8000) is not get_codec("PCMU", 8000)
+
+
+@pytest.mark.parametrize(("encoding", "rate"), [("G722", 8000), ("G722", 16000), ("OPUS", 8000), ("OPUS", 16000)])
+def test_stateful_codecs_are_new_for_every_stream_and_direction(encoding, rate):
+    # Each call direction keeps its own ADPCM / OPUS state: never shared, never batched.
+    one, two = get_codec(encoding, rate), get_codec(encoding.lower(), rate)
+    assert one is not two and one.stateful and two.stateful
+    assert not get_codec("PCMU", 8000).stateful and not get_codec("L16", 48000).stateful
+    assert one.name == encoding and one.bytes_per_sample == 0
+    # G.722's audio is 16 kHz at either nominal rate (RFC 3551 4.5.2); OPUS runs at the rate asked.
+    assert one.sample_rate == (16000 if encoding == "G722" else rate)
 
 
 def test_float_to_pcm16_rounds_half_to_even_and_clips():

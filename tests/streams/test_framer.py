@@ -23,8 +23,9 @@ class Call:
 
     def __init__(self, name: str, codec: str, rate: int, *, seed: int = 0, playing: bool = True) -> None:
         self.call_control_id = name
-        self.geometry = FrameGeometry(rate)
         self.codec: Codec = get_codec(codec, rate)
+        self.twin_codec = get_codec(codec, rate)  # G.722/OPUS: its own state, in step with codec's
+        self.geometry = FrameGeometry(self.codec.sample_rate)
         self.mixer, self.twin = Mixer(self.geometry), Mixer(self.geometry)
         self.sent: list[bytes] = []
         self.sent_meter = SentMeter()
@@ -63,7 +64,7 @@ class Call:
 
     def expected(self) -> bytes | None:
         frame = self.twin.mix()
-        return None if frame is None else media_frame(self.codec.encode(frame.pcm)).encode()
+        return None if frame is None else media_frame(self.twin_codec.encode(frame.pcm)).encode()
 
 
 def test_every_call_gets_its_own_bytes_whatever_shares_the_tick() -> None:
@@ -80,7 +81,22 @@ def test_every_call_gets_its_own_bytes_whatever_shares_the_tick() -> None:
     assert not calls[1].sent and not calls[3].sent
 
 
-@pytest.mark.parametrize(("codec", "rate"), [("PCMU", 8000), ("PCMA", 8000), ("L16", 8000), ("L16", 16000)])
+@pytest.mark.parametrize(("codec", "rate"), [("G722", 16000), ("G722", 8000), ("OPUS", 16000), ("OPUS", 8000)])
+def test_stateful_codecs_are_encoded_call_by_call_each_with_its_own_state(codec: str, rate: int) -> None:
+    # Three calls of one format and frame size: batched like G.711, they would share one ADPCM /
+    # OPUS state (or fail on OPUS's variable packet sizes). Each must match its call alone.
+    calls = [Call(f"{codec}-{i}", codec, rate, seed=i) for i in range(3)]
+    calls.append(Call("ulaw", "PCMU", 8000, seed=9))
+    framer = Framer()
+    for tick in range(30):
+        sent = framer.produce(calls)
+        assert len(sent) == 4
+        for call in sent:
+            assert call.sent[-1] == call.expected(), (tick, call.call_control_id)
+
+
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU", 8000), ("PCMA", 8000), ("L16", 8000), ("L16", 16000),
+                                             ("L16", 22050), ("L16", 24000), ("L16", 48000)])
 def test_calls_on_one_codec_are_encoded_and_wrapped_together_bit_exact(codec: str, rate: int) -> None:
     calls = [Call(f"{codec}-{i}", codec, rate, seed=i) for i in range(3)]
     framer = Framer()

@@ -3,6 +3,7 @@ socket, a FakeClock for the media clock and a real EventLog; the tests drive the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -12,7 +13,10 @@ import pytest
 from eventlog import EventLog
 from frontdoor import CloseCode
 from metrics import Metrics
+from mixer.codecs import get_codec
+from mixer.errors import CorruptPayload
 from streams import protocol, schemas
+from streams.framer import Framer
 from streams.session import CallSession
 from streams.status import LIVE, CallNotActive, CallStatus, InjectionStatus, TooManyInjections
 from tests.fakes import SETTINGS, FakeClock, FakeSender, injection, logged, names, start_frame
@@ -425,3 +429,102 @@ def test_a_change_of_sample_rate_ends_the_recording(log: EventLog, metrics: Metr
     session.set_recording(True)
     assert not rec.enabled  # a finished recording is not revived
     assert [e for e, _ in logged(log, CCID) if e.startswith("recording.")] == ["recording.started"]
+# -- stateful codecs (G.722, OPUS) -------------------------------------------------------------
+
+
+def wideband_session(log: EventLog, metrics: Metrics, encoding: str, rate: int) -> CallSession:
+    settings = dataclasses.replace(SETTINGS, codec=encoding, sample_rate=rate)
+    return CallSession(CCID, settings, log, metrics, FakeClock())  # type: ignore[arg-type]
+
+
+def inbound(payload: bytes) -> protocol.Media:
+    return protocol.Media(payload, "inbound", None, "stream-1")
+
+
+@pytest.mark.parametrize(("encoding", "nominal", "rate"), [("G722", 8000, 16000), ("OPUS", 16000, 16000)])
+def test_a_wideband_call_runs_at_its_codec_rate_with_its_own_codec_state(
+        log: EventLog, metrics: Metrics, encoding: str, nominal: int, rate: int) -> None:
+    session = wideband_session(log, metrics, encoding, nominal)
+    assert session.sample_rate == rate and session.frame_samples == rate // 50
+    other = wideband_session(log, metrics, encoding, nominal)
+    first = FakeSender()
+    assert session.attach(start_frame(CCID, encoding=encoding, sample_rate=nominal), first)
+    encoder, decoder = session._codec, session._decoder
+    assert encoder is not decoder and encoder.stateful
+    assert encoder is not other._codec  # never shared between calls
+    assert session.view()["codec"] == encoding and session.view()["sample_rate"] == rate
+    # A reconnect starts from fresh codec state: Telnyx's side starts a new stream too.
+    assert session.attach(start_frame(CCID, "stream-2", encoding=encoding, sample_rate=nominal), FakeSender("2"))
+    assert session._codec is not encoder and session._decoder is not decoder
+
+
+def test_wideband_caller_audio_is_decoded_in_order_for_the_ducking_detector(log: EventLog,
+                                                                            metrics: Metrics) -> None:
+    session = wideband_session(log, metrics, "G722", 16000)
+    assert session.attach(start_frame(CCID, encoding="G722", sample_rate=16000), FakeSender())
+    x = (0.3 * 32767 * np.sin(2 * np.pi * 500 * np.arange(3200) / 16000)).astype(np.int16)
+    caller = get_codec("G722", 16000)  # the caller's encoder: one stream
+    for i in range(10):
+        session.on_caller_audio(inbound(caller.encode(x[i * 320:(i + 1) * 320])))
+    taken = session.take_caller_audio()
+    assert taken is not None
+    chunks = taken[1]
+    assert len(chunks) == 10 and all(codec.name == "L16" and codec.sample_rate == 16000 for codec, _ in chunks)
+    pcm = np.concatenate([codec.decode(chunk) for codec, chunk in chunks])
+    expected = get_codec("G722", 16000).decode(get_codec("G722", 16000).encode(x))
+    # Decoded frame by frame in order equals the whole stream decoded at once.
+    assert pcm.tolist() == expected.tolist()
+
+
+def test_an_undecodable_payload_is_a_frame_of_silence_and_an_error(log: EventLog, metrics: Metrics) -> None:
+    session = wideband_session(log, metrics, "OPUS", 16000)
+    assert session.attach(start_frame(CCID, encoding="OPUS", sample_rate=16000), FakeSender())
+    with pytest.raises(CorruptPayload):
+        session.on_caller_audio(inbound(b"\xff" * 7))
+    taken = session.take_caller_audio()
+    assert taken is not None
+    [(codec, chunk)] = taken[1]
+    assert codec.decode(chunk).tolist() == [0] * 320
+    assert session.frames_received == 1
+
+
+def test_after_a_sound_a_stateful_encoder_gets_one_silent_frame_to_flush(log: EventLog, metrics: Metrics) -> None:
+    session = wideband_session(log, metrics, "OPUS", 16000)
+    assert session.attach(start_frame(CCID, encoding="OPUS", sample_rate=16000), FakeSender())
+    tone = (0.25 * np.sin(2 * np.pi * 440.0 * np.arange(640) / 16000)).astype(np.float32)
+    session.add_injection(injection(CCID), tone, max_active=5)
+    assert play_until_finished(session) == ("inj-1",)
+    out = np.full(320, 0.5, np.float32)
+    flush = session.begin_frame(out)
+    assert flush is not None and flush.finished == () and flush.gain == 1.0 and not out.any()
+    assert session.end_frame(flush, b"media")
+    assert session.begin_frame(np.zeros(320, np.float32)) is None  # then idle
+
+
+def test_stateless_codecs_get_no_flush_frame(session: CallSession) -> None:
+    streaming(session)
+    session.add_injection(injection(CCID), TONE_40MS, max_active=5)
+    assert play_until_finished(session) == ("inj-1",)
+    assert session.begin_frame(np.zeros(session.frame_samples, np.float32)) is None
+
+
+@pytest.mark.parametrize(("encoding", "rate"), [("PCMU", 8000), ("G722", 16000), ("OPUS", 16000), ("OPUS", 8000)])
+def test_the_ducking_detector_hears_the_caller_in_the_frame_they_start(
+        log: EventLog, metrics: Metrics, encoding: str, rate: int) -> None:
+    # G.722 and OPUS decoding adds no frame of delay: OPUS's 48 kHz output is resampled with
+    # 1 ms held back (a streaming soxr held 16 ms, and the caller was heard a frame or two late).
+    session = wideband_session(log, metrics, encoding, rate)
+    assert session.attach(start_frame(CCID, encoding=encoding, sample_rate=rate), FakeSender())
+    n = session.frame_samples
+    speech = np.zeros(60 * n, np.int16)
+    speech[20 * n:] = (0.25 * 32767 * np.sin(2 * np.pi * 440 * np.arange(40 * n) / session.sample_rate))
+    caller = get_codec(encoding, rate)
+    framer = Framer()
+    heard = None
+    for i in range(60):
+        session.on_caller_audio(inbound(caller.encode(speech[i * n:(i + 1) * n])))
+        framer.feed_levels([session])
+        if session.mixer.caller_speaking:
+            heard = i
+            break
+    assert heard == 20

@@ -107,6 +107,7 @@ def test_call_answered_starts_streaming_with_every_field(flow: CallFlow, rt: Run
         "stream_track": "both_tracks",
         "stream_bidirectional_mode": "rtp",
         "stream_bidirectional_codec": "L16",
+        "stream_codec": "L16",
         "stream_bidirectional_sampling_rate": 16000,
         "stream_bidirectional_target_legs": "opposite",
     }
