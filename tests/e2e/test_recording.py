@@ -319,3 +319,26 @@ def test_the_server_sweeps_recordings_past_their_retention(telnyx: FakeTelnyx, m
     assert recent.exists()
     events = server.http.get("/stream-log", params={"event": "recording.deleted"}).json()["items"]
     assert [e["data"] for e in events] == [{"count": 1, "retention_days": 2.0}]
+
+
+def test_a_g722_call_is_recorded_as_the_caller_heard_it(telnyx: FakeTelnyx, make_server_) -> None:
+    # G.722 keeps state from frame to frame: the recording must decode our frames in the order
+    # they went out, with a decoder of its own. Judged against the simulator's G.722 (libg722).
+    from simulator.wideband import G722Decoder
+
+    server = make_server_(RECORDING=True, STREAM_CODEC="G722", STREAM_SAMPLE_RATE=16000)
+    call = telnyx.place_call(caller_audio=caller_noise())
+    call.wait_streaming(timeout=10)
+    assert media(call) == ("G722", 16000)
+    source = noise(9, 16000)
+    inj = inject(server, call, {"audio_base64": base64.b64encode(wav_bytes(source, 16000)).decode()})
+    wait_injection(server, call, inj["id"], "finished")
+    wait_until(lambda: call.idle(), what="playout to drain")
+    call.hangup()
+    wait_until(lambda: recording_of(server, call)["status"] == "complete", timeout=15, what="recording complete")
+    _, pcm = download(server, call)
+    decoder = G722Decoder()
+    heard = np.concatenate([decoder.decode(payload) for _, payload in call.received])
+    sent = sent_frames(pcm, 320)
+    assert len(sent) == len(heard)
+    assert np.array_equal(sent, heard)
