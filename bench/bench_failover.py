@@ -555,7 +555,7 @@ ROWS: list[tuple[str, Callable[[Phase], str], Callable[[Phase], str], Callable[[
      lambda p: "-"),
     ("victim's end", lambda p: p.exit, lambda p: "-", lambda p: "-"),
     ("calls listed by node a after", lambda p: p.listed, lambda p: "-", lambda p: "-"),
-    ("other processes' CPU (%)", lambda p: "-", lambda p: _fmt(p.control_other_cpu, 0), lambda p: "-"),
+    ("other processes' CPU (% of a core)", lambda p: "-", lambda p: _fmt(p.control_other_cpu, 0), lambda p: "-"),
 ]
 
 
