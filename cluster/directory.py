@@ -53,7 +53,7 @@ fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 if owner then redis.call('SREM', ARGV[2] .. 'calls-of:' .. owner, ccid) end
 redis.call('SADD', ARGV[2] .. 'calls-of:' .. ARGV[1], ccid)
-if alive or ARGV[3] == 'orphan' then return {'took', owner, fence} end
+if owner then return {'took', owner, fence} end
 return {'mine', ARGV[1], fence}
 """
 
@@ -72,8 +72,9 @@ Outcome = Literal["mine", "other", "took", "ended"]
 
 @dataclass(frozen=True)
 class Claim:
-    """`mine`: this node owns the call now; `other`: `node` does; `took`: this node took it from
-    `node` (alive, or dead for an "orphan" claim); `ended`: the call is over."""
+    """`mine`: this node owns the call now (nobody had it); `other`: `node` does; `took`: this
+    node took it from `node`, alive ("take") or dead (any mode: then the caller must see to the
+    call's stream, as a survivor's takeover does); `ended`: the call is over."""
 
     outcome: Outcome
     node: str

@@ -222,6 +222,8 @@ class ClusterNode:
             claim = self.directory.claim(call_control_id)
             if claim.outcome == "ended":
                 return ENDED
+            if claim.outcome == "took":  # its node died, and this webhook came before the sweep
+                self._take_over(call_control_id, claim.node, claim.fence)
             if claim.outcome != "other":
                 return None
             info = self.directory.node(claim.node)
@@ -341,14 +343,16 @@ class ClusterNode:
                     self._take_over(ccid, dead, claim.fence)
 
     def _take_over(self, ccid: str, dead: str, fence: int) -> None:
+        url = self.directory.stream_url(ccid)
+        if url is None:
+            return  # it never streamed: its webhooks, retried by Telnyx, start it here as usual
         self.log.record("call.taken_over", ccid, node=self.node_id, previous=dead, fence=fence)
         logger.warning("[%s] node %s is gone: asking Telnyx to stream the call again", ccid, dead)
         for state, audio in self.directory.injections(ccid):
             if state.get("status") in (InjectionStatus.CREATED, InjectionStatus.PLAYING) and audio is not None:
                 self.log.record("injection.interrupted", ccid, injection_id=state.get("id"), node=dead)
-        if self.restream is None:
-            return
-        self.restream(ccid, str(fence), self.directory.stream_url(ccid), functools.partial(self._lost, ccid))
+        if self.restream is not None:
+            self.restream(ccid, str(fence), url, functools.partial(self._lost, ccid))
 
     def _let_go_of_taken_calls(self) -> None:
         """This node's lease had run out: calls another node took meanwhile are not ours to play."""
