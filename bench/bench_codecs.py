@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_engine import RUNS, per_call_us
 from mixer.codecs import Codec, get_codec
 from mixer.ducking import levels_dbfs
 from mixer.geometry import FrameGeometry
@@ -29,7 +31,6 @@ from mixer.mixer import Mixer
 from streams.framer import Framer, OutFrame
 from streams.levels import SentMeter
 
-RUNS = 5
 FORMATS = [("PCMU", 8000), ("PCMA", 8000), ("G722", 16000), ("OPUS", 8000), ("OPUS", 16000),
            ("L16", 8000), ("L16", 16000), ("L16", 22050), ("L16", 24000), ("L16", 48000)]
 
@@ -71,15 +72,9 @@ class Call:
         return True
 
 
-def best_us(fn: object, reps: int, per: int) -> float:
-    assert callable(fn)
-    best = float("inf")
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - start) / reps)
-    return best * 1e6 / per
+def best_us(fn: Callable[[], object], reps: int, per: int) -> float:
+    """bench_engine's best-of-runs time of one call of fn, per call-frame of `per` calls."""
+    return per_call_us(fn, reps) / per
 
 
 def caller_payloads(encoding: str, rate: int, frames: int) -> tuple[Codec, list[bytes]]:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from eventlog import EventLog
+from livecall import API_KEY
 from metrics import Metrics
+from simulator import FakeTelnyx
 from simulator.servers import PostgresServer, RedisServer, S, ServiceError, started
 
 
@@ -83,3 +85,18 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     with redis_server.client() as client:
         client.flushall()
     yield redis_server.url
+
+
+# The simulated Telnyx and a clips folder, for every test that runs calls (tests/e2e, tests/browser).
+
+@pytest.fixture
+def telnyx() -> Iterator[FakeTelnyx]:
+    with FakeTelnyx(api_key=API_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def media_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "media"
+    path.mkdir()
+    return path

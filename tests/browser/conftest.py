@@ -96,19 +96,6 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def telnyx() -> Iterator[FakeTelnyx]:
-    with FakeTelnyx(api_key="KEY_TEST") as fake:
-        yield fake
-
-
-@pytest.fixture
-def media_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "media"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def make_console(driver: WebDriver, telnyx: FakeTelnyx, tmp_path: Path,
                  media_dir: Path) -> Iterator[Callable[..., tuple[LiveServer, Page]]]:
     """The real server (front door) and the browser on a fresh session of its console."""

@@ -12,21 +12,8 @@ from typing import Any
 
 import pytest
 
-from livecall import API_KEY, AudioHttp, LiveServer, start_server
+from livecall import AudioHttp, LiveServer, start_server
 from simulator import FakeTelnyx
-
-
-@pytest.fixture
-def telnyx() -> Iterator[FakeTelnyx]:
-    with FakeTelnyx(api_key=API_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def media_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "media"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
